@@ -1,0 +1,163 @@
+"""Workarounds for incompatibilities between our pinned third-party packages.
+
+Every fix is one function, applied once by :func:`apply_all` (called when ``hpff_dist`` is
+imported), idempotent, and covered by a test in ``tests/test_compat.py`` that fails if the fix
+is removed. Each says why it exists so it can be dropped when upstream catches up.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import torch
+
+_applied: set[str] = set()
+
+
+def _once(name: str) -> bool:
+    if name in _applied:
+        return False
+    _applied.add(name)
+    return True
+
+
+def allow_mmengine_checkpoints_under_weights_only() -> None:
+    """torch >= 2.6 loads with ``weights_only=True``; mmengine 0.10.7 calls ``torch.load``
+    without the flag, and its checkpoints hold a pickled ``MessageHub`` state (``HistoryBuffer``,
+    numpy scalars/arrays, ``ConfigDict``). Rather than disabling the safe loader we allow-list
+    exactly those types, so resuming works and arbitrary pickles are still refused."""
+    if not _once("weights_only"):
+        return
+    import numpy as np
+    from mmengine.config.config import ConfigDict
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    safe = [HistoryBuffer, ConfigDict, np.dtype, np.ndarray, np.core.multiarray._reconstruct]
+    safe += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
+    safe.append(np.core.multiarray.scalar)
+    torch.serialization.add_safe_globals(safe)
+
+
+def skip_cuda_set_device_without_gpu() -> None:
+    """mmengine's pytorch/slurm launchers call ``torch.cuda.set_device(local_rank)``
+    unconditionally, which raises on a CPU-only host (our CI, gloo runs). On a machine with
+    GPUs nothing changes; without one the call is skipped and the process group is created
+    with the configured backend (gloo)."""
+    if not _once("set_device"):
+        return
+    import mmengine.dist.utils as dist_utils
+
+    for name in ("_init_dist_pytorch", "_init_dist_slurm"):
+        original = getattr(dist_utils, name)
+
+        def launcher(*args, __original=original, **kwargs):
+            if torch.cuda.is_available():
+                return __original(*args, **kwargs)
+            real_set_device = torch.cuda.set_device
+            torch.cuda.set_device = lambda *_a, **_k: None
+            try:
+                return __original(*args, **kwargs)
+            finally:
+                torch.cuda.set_device = real_set_device
+
+        launcher.__wrapped__ = original
+        setattr(dist_utils, name, launcher)
+
+
+def provide_deepspeed_onebit_module() -> None:
+    """mmengine's DeepSpeed strategy registers DeepSpeed's optimizers and imports
+    ``deepspeed.runtime.fp16.onebit`` (OnebitAdam, OnebitLamb, ZeroOneAdam), which DeepSpeed
+    0.19 removed. We register a module whose names raise a clear error if a config asks for
+    those optimizers; every other DeepSpeed optimizer keeps working."""
+    if not _once("onebit"):
+        return
+    # Look on disk instead of importing: importing DeepSpeed costs seconds at every start.
+    spec = importlib.util.find_spec("deepspeed")
+    if spec is None or not spec.submodule_search_locations:
+        return
+    fp16_dir = Path(spec.submodule_search_locations[0]) / "runtime" / "fp16"
+    if (fp16_dir / "onebit").exists() or (fp16_dir / "onebit.py").exists():
+        return
+
+    module = types.ModuleType("deepspeed.runtime.fp16.onebit")
+    module.__doc__ = "Placeholder: 1-bit optimizers were removed from DeepSpeed 0.19."
+
+    def removed(name: str) -> type:
+        def __init__(self, *args, **kwargs):
+            raise RuntimeError(
+                f"{name} was removed from DeepSpeed 0.19; use SGD, AdamW or FusedAdam in "
+                "optim_wrapper.optimizer instead"
+            )
+
+        return type(name, (), {"__init__": __init__})
+
+    for name in ("OnebitAdam", "OnebitLamb", "ZeroOneAdam"):
+        setattr(module, name, removed(name))
+    sys.modules["deepspeed.runtime.fp16.onebit"] = module
+
+
+def point_sample(
+    input: torch.Tensor, points: torch.Tensor, align_corners: bool = False, **kwargs
+) -> torch.Tensor:
+    """Pure-torch ``mmcv.ops.point_sample``: bilinear samples at [0, 1] point coordinates.
+
+    ``points`` is (N, P, 2) or (N, Hp, Wp, 2) in [0, 1] (x, y); returns (N, C, P) or
+    (N, C, Hp, Wp), like mmcv's op (which is itself ``grid_sample`` on 2x-1 coordinates)."""
+    add_dim = points.dim() == 3
+    if add_dim:
+        points = points.unsqueeze(2)
+    out = torch.nn.functional.grid_sample(
+        input, 2.0 * points - 1.0, align_corners=align_corners, **kwargs
+    )
+    return out.squeeze(3) if add_dim else out
+
+
+def provide_mmcv_ops_without_compiled_extension() -> None:
+    """mmsegmentation 1.2.2 imports ``mmcv.ops`` at module level (``point_sample``,
+    ``sigmoid_focal_loss``); mmcv-lite ships ``mmcv.ops`` without its compiled ``_ext``, so
+    ``import mmseg.models`` fails. The DeepLab path needs only ``point_sample``: we provide it in
+    pure torch, and any other op raises a clear error when called. When a real mmcv with
+    compiled ops is installed, this steps aside."""
+    if not _once("mmcv_ops"):
+        return
+    try:
+        importlib.import_module("mmcv.ops")
+        return
+    except (ImportError, ModuleNotFoundError) as err:
+        if "_ext" not in str(err) and "mmcv.ops" not in str(err):
+            raise
+    sys.modules.pop("mmcv.ops", None)
+    module = types.ModuleType("mmcv.ops")
+    module.__doc__ = "hpff_dist stand-in for mmcv.ops (mmcv-lite has no compiled ops)."
+    module.point_sample = point_sample
+
+    def missing(name: str):
+        if name.startswith("__"):
+            raise AttributeError(name)
+
+        def op(*args, **kwargs):
+            raise RuntimeError(
+                f"mmcv.ops.{name} needs mmcv's compiled ops; install full mmcv (not mmcv-lite) "
+                "to use it. hpff_dist only provides point_sample."
+            )
+
+        op.__name__ = name
+        return op
+
+    module.__getattr__ = missing
+    sys.modules["mmcv.ops"] = module
+    import mmcv
+
+    mmcv.ops = module
+
+
+def apply_all() -> None:
+    """Apply every workaround; cheap and idempotent."""
+    allow_mmengine_checkpoints_under_weights_only()
+    skip_cuda_set_device_without_gpu()
+    provide_deepspeed_onebit_module()
+    provide_mmcv_ops_without_compiled_extension()

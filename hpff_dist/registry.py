@@ -1,0 +1,53 @@
+"""Child registries of mmengine's roots under the scope ``hpff_dist``.
+
+Configs say ``type='CifarResNet'`` and the lookup walks from here up to mmengine's roots, so
+mmengine's own components (optimizers, schedulers, hooks, loops) stay reachable. ``locations``
+lets mmengine import the module that registers a name the first time it is asked for.
+"""
+
+from mmengine.registry import DATA_SAMPLERS as MMENGINE_DATA_SAMPLERS
+from mmengine.registry import DATASETS as MMENGINE_DATASETS
+from mmengine.registry import EVALUATOR as MMENGINE_EVALUATOR
+from mmengine.registry import HOOKS as MMENGINE_HOOKS
+from mmengine.registry import LOOPS as MMENGINE_LOOPS
+from mmengine.registry import METRICS as MMENGINE_METRICS
+from mmengine.registry import MODEL_WRAPPERS as MMENGINE_MODEL_WRAPPERS
+from mmengine.registry import MODELS as MMENGINE_MODELS
+from mmengine.registry import OPTIM_WRAPPERS as MMENGINE_OPTIM_WRAPPERS
+from mmengine.registry import RUNNERS as MMENGINE_RUNNERS
+from mmengine.registry import STRATEGIES as MMENGINE_STRATEGIES
+from mmengine.registry import TRANSFORMS as MMENGINE_TRANSFORMS
+from mmengine.registry import Registry
+
+SCOPE = "hpff_dist"
+
+MODELS = Registry(
+    "model", parent=MMENGINE_MODELS, scope=SCOPE, locations=["hpff_dist.models"]
+)
+DATASETS = Registry(
+    "dataset", parent=MMENGINE_DATASETS, scope=SCOPE, locations=["hpff_dist.data"]
+)
+TRANSFORMS = Registry(
+    "transform", parent=MMENGINE_TRANSFORMS, scope=SCOPE, locations=["hpff_dist.data"]
+)
+DATA_SAMPLERS = Registry(
+    "data sampler", parent=MMENGINE_DATA_SAMPLERS, scope=SCOPE, locations=["hpff_dist.data"]
+)
+METRICS = Registry(
+    "metric", parent=MMENGINE_METRICS, scope=SCOPE, locations=["hpff_dist.engine"]
+)
+EVALUATOR = Registry(
+    "evaluator", parent=MMENGINE_EVALUATOR, scope=SCOPE, locations=["hpff_dist.engine"]
+)
+HOOKS = Registry("hook", parent=MMENGINE_HOOKS, scope=SCOPE, locations=["hpff_dist.engine"])
+LOOPS = Registry("loop", parent=MMENGINE_LOOPS, scope=SCOPE, locations=["hpff_dist.engine"])
+OPTIM_WRAPPERS = Registry(
+    "optim wrapper", parent=MMENGINE_OPTIM_WRAPPERS, scope=SCOPE, locations=["hpff_dist.engine"]
+)
+MODEL_WRAPPERS = Registry(
+    "model wrapper", parent=MMENGINE_MODEL_WRAPPERS, scope=SCOPE, locations=["hpff_dist.engine"]
+)
+STRATEGIES = Registry(
+    "strategy", parent=MMENGINE_STRATEGIES, scope=SCOPE, locations=["hpff_dist.engine"]
+)
+RUNNERS = Registry("runner", parent=MMENGINE_RUNNERS, scope=SCOPE, locations=["hpff_dist.engine"])
