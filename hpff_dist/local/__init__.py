@@ -1,0 +1,45 @@
+"""The local-learning core (DGL, InfoPro, HiLo, PFF): pure torch, no data/engine/distributed.
+
+Entry points: ``build_local_learner`` (net + spec dict -> ``LocalLearner``), ``build_spec``,
+``build_split_plan``, the heads, the schedules and ``SavedTensorMeter``.
+"""
+
+from hpff_dist.local.backward import Backward, PlainBackward, ScaledBackward
+from hpff_dist.local.heads import (
+    ClassifierAuxHead,
+    HeadOutput,
+    InfoProHead,
+    LocalHead,
+    NetHead,
+    ReconstructionHead,
+    aux_conv_width,
+    lambda_schedule,
+    restore_image,
+)
+from hpff_dist.local.learner import LocalLearner, build_local_learner
+from hpff_dist.local.losses import supervised_contrastive_loss
+from hpff_dist.local.memory import SavedTensorMeter, aux_peak_saved_bytes, memory_region
+from hpff_dist.local.module import LocalModule
+from hpff_dist.local.network import BlockNetwork, block_id_table
+from hpff_dist.local.pff import (
+    OfficialPatchDecoder,
+    PatchFusedClassifier,
+    PatchwiseReconstruction,
+    split_patches,
+)
+from hpff_dist.local.schedule import StepOutput, e2e_step, one_forward_step, reference_step
+from hpff_dist.local.spec import METHODS, PRESETS, LocalSpec, PFFSpec, build_spec
+from hpff_dist.local.split import SPLIT_TABLES, SplitPlan, balanced_split, build_split_plan
+
+__all__ = [
+    "Backward", "PlainBackward", "ScaledBackward",
+    "ClassifierAuxHead", "HeadOutput", "InfoProHead", "LocalHead", "NetHead",
+    "ReconstructionHead", "aux_conv_width", "lambda_schedule", "restore_image",
+    "LocalLearner", "build_local_learner", "supervised_contrastive_loss",
+    "SavedTensorMeter", "aux_peak_saved_bytes", "memory_region", "LocalModule",
+    "BlockNetwork", "block_id_table",
+    "OfficialPatchDecoder", "PatchFusedClassifier", "PatchwiseReconstruction", "split_patches",
+    "StepOutput", "e2e_step", "one_forward_step", "reference_step",
+    "METHODS", "PRESETS", "LocalSpec", "PFFSpec", "build_spec",
+    "SPLIT_TABLES", "SplitPlan", "balanced_split", "build_split_plan",
+]

@@ -1,0 +1,137 @@
+"""Patch Feature Fusion (PFF): run an aux net on n x n patches of its input, one at a time.
+
+Paper variant (default): the SAME aux net sees every patch of the feature map.
+* classifier / contrast heads: patch outputs are averaged, then the loss is taken. To keep one
+  patch in flight, ``accumulate`` first computes all patch outputs without a graph, gets
+  dL/d(output) once, then re-runs each patch with a graph and backpropagates that cotangent.
+  The no-graph pass leaves BatchNorm running statistics alone, so they are updated once per
+  patch, as in the all-at-once computation.
+* reconstruction heads: each feature patch reconstructs the matching image patch; the loss is
+  the mean over patches, so patches are simply forwarded and backpropagated one by one.
+Gradients equal the all-patches-at-once computation, which ``forward`` performs.
+
+``official`` variant: what the reference code does on CIFAR: n*n separate decoders, one per
+patch, BCE losses summed, all held in one graph (no memory saving); classifiers unpatched.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from hpff_dist.local.backward import Backward
+from hpff_dist.local.heads import (
+    ClassifierAuxHead,
+    HeadOutput,
+    LocalHead,
+    ReconstructionHead,
+    _detached,
+)
+
+PFF_VARIANTS = ("paper", "official")
+
+
+def split_patches(x: Tensor, n: int) -> list[Tensor]:
+    """n x n spatial patches (views), row-major; uneven sizes when H or W is not divisible."""
+    h, w = x.shape[-2:]
+    if n < 1 or n > h or n > w:
+        raise ValueError(f"cannot cut a {h}x{w} map into {n}x{n} patches")
+    return [p for row in torch.tensor_split(x, n, dim=-2) for p in torch.tensor_split(row, n, dim=-1)]
+
+
+@contextmanager
+def frozen_running_stats(module: nn.Module) -> Iterator[None]:
+    """Training-mode BatchNorm that normalises with batch statistics but does not update the
+    running ones (used for a pass that will be repeated with a graph)."""
+    changed = []
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats:
+            m.track_running_stats = False
+            changed.append(m)
+    try:
+        yield
+    finally:
+        for m in changed:
+            m.track_running_stats = True
+
+
+class PatchFusedClassifier(LocalHead):
+    """Paper PFF around a classifier / contrast head: loss of the patch-averaged output."""
+
+    def __init__(self, inner: ClassifierAuxHead, n: int = 2) -> None:
+        super().__init__()
+        self.inner = inner
+        self.n = n
+
+    def _fused(self, outputs: Tensor, targets: Tensor) -> HeadOutput:
+        logits = outputs if self.inner.loss_mode == "cross_entropy" else None
+        return HeadOutput(self.inner.criterion(outputs, targets), logits)
+
+    def forward(self, feature: Tensor, targets: Tensor, image: Tensor | None = None) -> HeadOutput:
+        patches = split_patches(feature, self.n)
+        mean_out = torch.stack([self.inner.net(p) for p in patches]).mean(0)
+        return self._fused(mean_out, targets)
+
+    def accumulate(
+        self, feature: Tensor, targets: Tensor, image: Tensor | None, weight: float, backward: Backward
+    ) -> HeadOutput:
+        patches = split_patches(feature, self.n)
+        with torch.no_grad(), frozen_running_stats(self.inner):
+            mean_out = sum(self.inner.net(p) for p in patches) / len(patches)
+        out_leaf = mean_out.detach().requires_grad_()
+        out = self._fused(out_leaf, targets)
+        (cotangent,) = torch.autograd.grad(out.loss * weight, out_leaf)
+        cotangent = cotangent / len(patches)
+        for p in patches:
+            backward((self.inner.net(p) * cotangent).sum())
+        return _detached(out)
+
+
+class PatchwiseReconstruction(LocalHead):
+    """Paper PFF around a decoder: each feature patch reconstructs its image patch; mean BCE."""
+
+    def __init__(self, inner: ReconstructionHead, n: int = 2) -> None:
+        super().__init__()
+        self.inner = inner
+        self.n = n
+
+    def _pairs(self, feature: Tensor, image: Tensor | None) -> list[tuple[Tensor, Tensor]]:
+        if image is None:
+            raise ValueError("a reconstruction head needs the restored input image")
+        return list(zip(split_patches(feature, self.n), split_patches(image, self.n)))
+
+    def forward(self, feature: Tensor, targets: Tensor, image: Tensor | None = None) -> HeadOutput:
+        pairs = self._pairs(feature, image)
+        loss = sum(self.inner(f, targets, img).loss for f, img in pairs) / len(pairs)
+        return HeadOutput(loss)
+
+    def accumulate(
+        self, feature: Tensor, targets: Tensor, image: Tensor | None, weight: float, backward: Backward
+    ) -> HeadOutput:
+        pairs = self._pairs(feature, image)
+        total = feature.new_zeros(())
+        for f, img in pairs:
+            loss = self.inner(f, targets, img).loss / len(pairs)
+            backward(loss * weight)
+            total = total + loss.detach()
+        return HeadOutput(total)
+
+
+class OfficialPatchDecoder(LocalHead):
+    """The reference code's CIFAR 'PFF': n*n decoders, one per patch, BCE summed, one graph."""
+
+    def __init__(self, in_channels: int, image_channels: int = 3, widen: float = 1.0, n: int = 2) -> None:
+        super().__init__()
+        self.n = n
+        self.decoders = nn.ModuleList(
+            ReconstructionHead(in_channels, image_channels, widen) for _ in range(n * n)
+        )
+
+    def forward(self, feature: Tensor, targets: Tensor, image: Tensor | None = None) -> HeadOutput:
+        if image is None:
+            raise ValueError("a reconstruction head needs the restored input image")
+        pairs = zip(self.decoders, split_patches(feature, self.n), split_patches(image, self.n))
+        return HeadOutput(sum(dec(f, targets, img).loss for dec, f, img in pairs))

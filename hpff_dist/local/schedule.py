@@ -1,0 +1,202 @@
+"""Training schedules: how one batch turns into backward calls through the local modules.
+
+All schedules follow the engine contract (``hpff_dist.local.backward``): they never call
+``.backward()`` themselves, only ``backward(loss)``, and divide cotangents read back from
+``.grad`` by ``backward.scale`` before re-using them. They do not step optimizers.
+
+* ``e2e_step``: plain backprop through the whole network.
+* ``one_forward_step``: HiLo (and, with the cascade level off, DGL / InfoPro) with one forward
+  per module, as METHOD.md "One forward per module" describes.
+* ``reference_step``: the reference code's three forward paths per module, written plainly, so
+  tests and benchmarks can run it beside ours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from hpff_dist.local.backward import Backward
+from hpff_dist.local.heads import HeadOutput, LocalHead
+from hpff_dist.local.memory import memory_region
+from hpff_dist.local.module import LocalModule
+
+
+@dataclass
+class StepOutput:
+    """Detached results of one step. Keys of ``losses`` containing 'loss' add up to the total
+    objective (``loss_ind`` and ``loss_cas`` are already weighted); ``ce_last`` is the net's own
+    cross entropy on the last module's output, for monitoring."""
+
+    losses: dict[str, Tensor]
+    logits: Tensor
+    per_module: list[dict[str, Tensor]] = field(default_factory=list)
+
+
+class _Totals:
+    """Sums the weighted per-level losses for logging."""
+
+    def __init__(self) -> None:
+        self.ind: Tensor | float = 0.0
+        self.cas: Tensor | float = 0.0
+        self.ce_last: Tensor | None = None
+        self.logits: Tensor | None = None
+        self.per_module: list[dict[str, Tensor]] = []
+
+    def add(self, mod: LocalModule, level: str, out: HeadOutput) -> None:
+        loss = out.loss.detach()
+        if level == "ind":
+            self.ind = self.ind + mod.w_ind * loss
+        else:
+            self.cas = self.cas + mod.w_cas * loss
+        while len(self.per_module) <= mod.index:
+            self.per_module.append({})
+        self.per_module[mod.index][f"loss_{level}"] = loss
+        if mod.is_last and out.logits is not None:
+            self.ce_last = loss
+            self.logits = out.logits.detach()
+
+    def result(self, device: torch.device) -> StepOutput:
+        def as_tensor(v: Tensor | float) -> Tensor:
+            return v if isinstance(v, Tensor) else torch.tensor(float(v), device=device)
+
+        losses = {"loss_ind": as_tensor(self.ind), "loss_cas": as_tensor(self.cas)}
+        if self.ce_last is not None:
+            losses["ce_last"] = self.ce_last
+        assert self.logits is not None, "the last module must evaluate the net head"
+        return StepOutput(losses, self.logits, self.per_module)
+
+
+def e2e_step(net: nn.Module, images: Tensor, targets: Tensor, backward: Backward) -> StepOutput:
+    """Plain end-to-end backprop: one forward, one backward of the cross entropy."""
+    logits = net(images)
+    loss = F.cross_entropy(logits, targets)
+    backward(loss)
+    loss = loss.detach()
+    return StepOutput({"loss_e2e": loss, "ce_last": loss}, logits.detach())
+
+
+@dataclass
+class _Pending:
+    """A module whose graph waits for the cotangent the next module's cascade sends back."""
+
+    output: Tensor
+    cotangent: Tensor | None
+
+
+def _finish(pending: _Pending | None, backward: Backward) -> None:
+    """Backward a module's graph once with its total cotangent, then drop it."""
+    if pending is not None and pending.cotangent is not None:
+        backward((pending.output * pending.cotangent).sum())
+
+
+def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    if a is None:
+        return b
+    return a if b is None else a + b
+
+
+def _head_cotangent(
+    head: LocalHead, output: Tensor, targets: Tensor, image: Tensor | None, weight: float,
+    backward: Backward,
+) -> tuple[Tensor | None, HeadOutput]:
+    """Run a head on a detached copy of ``output``; return weight * dL/d(output), un-scaled."""
+    leaf = output.detach().requires_grad_()
+    with memory_region("aux"):
+        out = head.accumulate(leaf, targets, image, weight, backward)
+    grad = None if leaf.grad is None else leaf.grad / backward.scale
+    return grad, out
+
+
+def one_forward_step(
+    modules: list[LocalModule],
+    images: Tensor,
+    targets: Tensor,
+    image: Tensor | None,
+    backward: Backward,
+) -> StepOutput:
+    """HiLo with one forward per module (METHOD.md, "One forward per module").
+
+    For module i: a_i = E_i(leaf_i); the heads run on detached copies of a_i and give the
+    cotangents g_ind_i, g_cas_i (and fill their own gradients); h_i = VJP of E_i w.r.t. leaf_i
+    with g_cas_i alone is the cascade gradient sent to module i-1, whose graph is then
+    backpropagated once with g_ind + g_cas + h_i and freed. At most two module graphs are alive;
+    when module i sends no cascade gradient, module i-1 is finished before E_i runs, so
+    independent-only training (DGL, InfoPro) keeps a single graph alive.
+    """
+    totals = _Totals()
+    pending: _Pending | None = None
+    x = images
+    for mod in modules:
+        needs_h = mod.sends_cascade
+        if not needs_h:
+            _finish(pending, backward)
+            pending = None
+        leaf = x if mod.index == 0 else x.detach().requires_grad_(needs_h)
+        a = mod(leaf)
+
+        cotangent: Tensor | None = None
+        g_cas: Tensor | None = None
+        if mod.ind_active:
+            g_ind, out = _head_cotangent(mod.ind_head, a, targets, image, mod.w_ind, backward)
+            totals.add(mod, "ind", out)
+            cotangent = _add(cotangent, g_ind)
+        if mod.cas_active:
+            g_cas, out = _head_cotangent(mod.cas_head, a, targets, image, mod.w_cas, backward)
+            totals.add(mod, "cas", out)
+            cotangent = _add(cotangent, g_cas)
+
+        if pending is not None:
+            if g_cas is not None:
+                (h,) = torch.autograd.grad(a, leaf, g_cas, retain_graph=True)
+                pending.cotangent = _add(pending.cotangent, h)
+            _finish(pending, backward)
+        pending = _Pending(a, cotangent)
+        x = a
+    _finish(pending, backward)
+    return totals.result(images.device)
+
+
+def reference_step(
+    modules: list[LocalModule],
+    images: Tensor,
+    targets: Tensor,
+    image: Tensor | None,
+    backward: Backward,
+) -> StepOutput:
+    """HiLo as the reference code computes it: three forward paths, backward after each module.
+
+    x path: E_i on the detached x-path output of E_{i-1} (independent loss). y path: E_{i-1}
+    re-run on its own detached input, then z = E_i(y) (cascade loss, reaching E_{i-1} and E_i).
+    The y path's input equals the x path's (numerically identical values), which is how the
+    reference's separately carried y tensor behaves. Module i runs up to three times per step.
+    """
+    totals = _Totals()
+    x_in = images
+    prev_in: Tensor | None = None
+    for mod in modules:
+        loss: Tensor | float = 0.0
+        x_out = mod(x_in)
+        if mod.ind_active:
+            with memory_region("aux"):
+                out = mod.ind_head(x_out, targets, image)
+            loss = loss + mod.w_ind * out.loss
+            totals.add(mod, "ind", out)
+        if mod.cas_active:
+            y = images if mod.index == 0 else modules[mod.index - 1](prev_in)
+            z = mod(y)
+            with memory_region("aux"):
+                out = mod.cas_head(z, targets, image)
+            loss = loss + mod.w_cas * out.loss
+            totals.add(mod, "cas", out)
+        if isinstance(loss, Tensor) and loss.requires_grad:
+            backward(loss)
+        prev_in = x_in.detach()
+        x_in = x_out.detach()
+    return totals.result(images.device)
+
+
+SCHEDULE_FUNCTIONS = {"one_forward": one_forward_step, "reference": reference_step}

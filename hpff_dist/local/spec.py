@@ -1,0 +1,166 @@
+"""The method spec: one plain dict in a config -> one validated ``LocalSpec``.
+
+``method`` picks a preset; every other key overrides a preset value, so each choice of the
+paper (head types per level, level weights, first/last module handling, PFF) is a config
+option. Unknown keys are an error that lists the valid ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from hpff_dist.local.heads import LOCAL_LOSSES, parse_aux_net
+from hpff_dist.local.pff import PFF_VARIANTS
+
+METHODS = ("e2e", "dgl", "infopro", "dgl_hpff", "infopro_hpff")
+HEAD_KINDS = ("classifier", "infopro")
+LEVELS = ("independent", "cascade")
+FIRST_MODULE = ("cascade_only", "independent", "both")
+LAST_MODULE = ("both", "independent", "cascade")
+SCHEDULES = ("one_forward", "reference")
+
+
+@dataclass(frozen=True)
+class PFFSpec:
+    """PFF on the aux heads: ``n`` x ``n`` patches, ``variant`` paper|official, on ``levels``."""
+
+    n: int = 2
+    variant: str = "paper"
+    levels: tuple[str, ...] = LEVELS
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"pff.n must be >= 1, got {self.n}")
+        if self.variant not in PFF_VARIANTS:
+            raise ValueError(f"pff.variant must be one of {PFF_VARIANTS}, got {self.variant!r}")
+        bad = set(self.levels) - set(LEVELS)
+        if bad:
+            raise ValueError(f"pff.levels must be a subset of {LEVELS}, got {sorted(bad)}")
+
+
+@dataclass(frozen=True)
+class LocalSpec:
+    """Everything that defines a local-learning method (see ``PRESETS`` for each method).
+
+    Levels: the *independent* level trains module i on its detached input with
+    ``ind_head``; the *cascade* level trains modules i-1 and i together with ``cas_head``.
+    ``w_ind`` / ``w_cas`` weight them (a zero weight switches the level off). ``dgl`` and
+    ``infopro`` are the independent level alone; the ``*_hpff`` presets are HiLo + PFF.
+    ``first_module``: which own losses module 0 (with the stem) gets; ``'cascade_only'`` (the
+    reference) gives it none, it learns through cascade 1. ``last_module``: on which levels the
+    net's real classifier trains the last module (the reference: ``'both'``).
+    ``ixx_*``/``ixy_*``: InfoPro's lambda_1/lambda_2 at the first and last local module.
+    ``schedule``: ``'one_forward'`` (ours) or ``'reference'`` (the reference's three paths).
+    """
+
+    method: str
+    k: int = 16
+    aux_net: str = "2c2f"
+    local_loss: str = "cross_entropy"
+    widen: float = 1.0
+    feature_dim: int = 128
+    temperature: float = 0.07
+    ind_head: str = "classifier"
+    cas_head: str = "classifier"
+    w_ind: float = 1.0
+    w_cas: float = 0.0
+    first_module: str = "independent"
+    last_module: str = "both"
+    ixx_1: float = 5.0
+    ixy_1: float = 0.5
+    ixx_2: float = 0.0
+    ixy_2: float = 0.0
+    pff: PFFSpec | None = None
+    schedule: str = "one_forward"
+
+    def __post_init__(self) -> None:
+        _check("method", self.method, METHODS)
+        _check("local_loss", self.local_loss, LOCAL_LOSSES)
+        _check("ind_head", self.ind_head, HEAD_KINDS)
+        _check("cas_head", self.cas_head, HEAD_KINDS)
+        _check("first_module", self.first_module, FIRST_MODULE)
+        _check("last_module", self.last_module, LAST_MODULE)
+        _check("schedule", self.schedule, SCHEDULES)
+        parse_aux_net(self.aux_net)
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        if self.method != "e2e" and self.w_ind == 0 and self.w_cas == 0:
+            raise ValueError("w_ind and w_cas are both 0: no module would receive a gradient")
+
+    @property
+    def is_e2e(self) -> bool:
+        return self.method == "e2e" or self.k == 1
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        if self.pff is not None:
+            out["pff"] = {f.name: getattr(self.pff, f.name) for f in fields(self.pff)}
+        return out
+
+
+_HPFF_COMMON: dict[str, Any] = dict(
+    w_ind=0.001,
+    w_cas=0.999,
+    first_module="cascade_only",
+    last_module="both",
+    pff=PFFSpec(),
+)
+PRESETS: dict[str, dict[str, Any]] = {
+    "e2e": dict(k=1, w_ind=1.0, w_cas=0.0),
+    "dgl": dict(ind_head="classifier", w_ind=1.0, w_cas=0.0, first_module="independent"),
+    "infopro": dict(ind_head="infopro", w_ind=1.0, w_cas=0.0, first_module="independent"),
+    "dgl_hpff": dict(ind_head="classifier", cas_head="classifier", **_HPFF_COMMON),
+    "infopro_hpff": dict(ind_head="classifier", cas_head="infopro", **_HPFF_COMMON),
+}
+
+
+def _check(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def _pff_from(value: Any) -> PFFSpec | None:
+    if value is None or value is False:
+        return None
+    if isinstance(value, PFFSpec):
+        return value
+    if not isinstance(value, dict):
+        raise TypeError(f"pff must be None or a dict like dict(n=2, variant='paper'), got {value!r}")
+    valid = {f.name for f in fields(PFFSpec)}
+    unknown = set(value) - valid
+    if unknown:
+        raise ValueError(f"unknown pff keys {sorted(unknown)}; valid keys: {sorted(valid)}")
+    kwargs = dict(value)
+    if "levels" in kwargs:
+        levels = kwargs["levels"]
+        kwargs["levels"] = (levels,) if isinstance(levels, str) else tuple(levels)
+    return PFFSpec(**kwargs)
+
+
+def build_spec(config: dict[str, Any] | LocalSpec) -> LocalSpec:
+    """``dict(method='dgl_hpff', k=16, ...)`` -> ``LocalSpec`` (preset values, then overrides)."""
+    if isinstance(config, LocalSpec):
+        return config
+    valid = {f.name for f in fields(LocalSpec)}
+    unknown = set(config) - valid
+    if unknown:
+        raise ValueError(f"unknown local-learning keys {sorted(unknown)}; valid keys: {sorted(valid)}")
+    if "method" not in config:
+        raise ValueError(f"the spec needs a 'method', one of {METHODS}")
+    method = config["method"]
+    _check("method", method, METHODS)
+    values = {**PRESETS[method], **config}
+    if "pff" in values:
+        values["pff"] = _pff_from(values["pff"])
+    return LocalSpec(**values)
+
+
+def with_overrides(spec: LocalSpec, **changes: Any) -> LocalSpec:
+    """A copy of ``spec`` with some fields changed (``pff`` may be a dict)."""
+    if "pff" in changes:
+        changes["pff"] = _pff_from(changes["pff"])
+    return replace(spec, **changes)
+
+
+__all__ = ["LocalSpec", "PFFSpec", "PRESETS", "METHODS", "build_spec", "with_overrides"]
