@@ -92,6 +92,36 @@ def drop_truncated_samples(
     return indexes, counts
 
 
+def _torchvision_val_geometry(jpegs, resize_size: int, image_size: int):
+    """torchvision's Resize(int) + CenterCrop sizes and offsets, computed in the DALI graph.
+
+    ``fn.resize(resize_shorter=...)`` rounds the long side and the crop rounds its anchor its own
+    way; one pixel of scale or shift is most of the difference between the backends at small
+    sizes, so compute what torchvision computes: long side ``floor(resize * long / short)``, crop
+    top ``round_half_even((size - crop) / 2)``, expressed as a crop position in [0, 1].
+    """
+    from nvidia.dali import fn, types
+
+    shape = fn.peek_image_shape(jpegs, dtype=types.INT32)  # HWC, from the encoded header
+    h, w = shape[0], shape[1]
+    h_short = fn.cast(h <= w, dtype=types.INT32)
+    w_short = 1 - h_short
+    new_h = h_short * resize_size + w_short * ((resize_size * h) // w)
+    new_w = w_short * resize_size + h_short * ((resize_size * w) // h)
+
+    def crop_pos(length):
+        slack = length - image_size
+        half = slack // 2
+        anchor = half + ((slack & 1) & (half & 1))  # Python's round(): half to even
+        # +0.25 keeps the anchor exact whether DALI rounds or floors pos * slack
+        return (fn.cast(anchor, dtype=types.FLOAT) + 0.25) / fn.cast(
+            slack + fn.cast(slack == 0, dtype=types.INT32), dtype=types.FLOAT
+        )
+
+    as_float = dict(dtype=types.FLOAT)
+    return fn.cast(new_w, **as_float), fn.cast(new_h, **as_float), crop_pos(new_w), crop_pos(new_h)
+
+
 def build_pipeline(
     tars: list[str],
     indexes: list[str],
@@ -145,10 +175,18 @@ def build_pipeline(
             )
             images = fn.resize(images, resize_x=image_size, resize_y=image_size, antialias=True)
             mirror = fn.random.coin_flip(probability=0.5)
+            crop_pos_x = crop_pos_y = 0.5
         else:
+            resize_x, resize_y, crop_pos_x, crop_pos_y = _torchvision_val_geometry(
+                jpegs, resize_size, image_size
+            )
             images = fn.decoders.image(jpegs, device=decoder, output_type=types.RGB)
             images = fn.resize(
-                images, resize_shorter=resize_size, interp_type=types.INTERP_LINEAR, antialias=True
+                images,
+                resize_x=resize_x,
+                resize_y=resize_y,
+                interp_type=types.INTERP_LINEAR,
+                antialias=True,
             )
             mirror = 0
         images = fn.crop_mirror_normalize(
@@ -156,8 +194,8 @@ def build_pipeline(
             dtype=types.FLOAT,
             output_layout="CHW",
             crop=(image_size, image_size),
-            crop_pos_x=0.5,
-            crop_pos_y=0.5,
+            crop_pos_x=crop_pos_x,
+            crop_pos_y=crop_pos_y,
             mean=[255 * m for m in IMAGENET_MEAN],
             std=[255 * s for s in IMAGENET_STD],
             mirror=mirror,
@@ -271,7 +309,10 @@ class DaliImageNetLoader:
         )
 
     def close(self) -> None:
-        shutil.rmtree(self._workdir, ignore_errors=True)
+        """Remove the filtered index files (if any were needed)."""
+        workdir = getattr(self, "_workdir", None)
+        if workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
 
     def __del__(self) -> None:
         self.close()
