@@ -34,7 +34,7 @@ $(STAMP): requirements.txt requirements.lock
 # The editable install is cheap: redo it when pyproject changes, without rebuilding the venv.
 $(PKG_STAMP): $(STAMP) pyproject.toml
 	rm -f $(VENV)/.package-*
-	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e .
+	$(VENV)/bin/pip install -q --no-deps --no-build-isolation -e . --config-settings editable_mode=compat
 	touch $(PKG_STAMP)
 
 venv: deps $(STAMP) $(PKG_STAMP)

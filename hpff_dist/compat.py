@@ -32,13 +32,30 @@ def allow_mmengine_checkpoints_under_weights_only() -> None:
     exactly those types, so resuming works and arbitrary pickles are still refused."""
     if not _once("weights_only"):
         return
+    import codecs
+
     import numpy as np
     from mmengine.config.config import ConfigDict
     from mmengine.logging.history_buffer import HistoryBuffer
 
-    safe = [HistoryBuffer, ConfigDict, np.dtype, np.ndarray, np.core.multiarray._reconstruct]
+    # HistoryBuffer pickles its statistics methods as ``getattr(HistoryBuffer, 'mean')``;
+    # allowing ``getattr`` would reopen arbitrary code execution. The four built-in methods
+    # are re-created by ``__setstate__`` anyway, so we leave them out of the pickle.
+    builtin_stats = {"min", "max", "current", "mean"}
+
+    def getstate(self) -> dict:
+        state = dict(self.__dict__)
+        custom = {k: v for k, v in self._statistics_methods.items() if k not in builtin_stats}
+        state.pop("statistics_methods", None)
+        if custom:
+            state["statistics_methods"] = custom
+        return state
+
+    HistoryBuffer.__getstate__ = getstate
+    multiarray = np._core.multiarray
+    safe = [HistoryBuffer, ConfigDict, np.dtype, np.ndarray, multiarray._reconstruct]
+    safe += [multiarray.scalar, codecs.encode]
     safe += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
-    safe.append(np.core.multiarray.scalar)
     torch.serialization.add_safe_globals(safe)
 
 

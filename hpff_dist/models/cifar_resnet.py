@@ -60,9 +60,7 @@ class CifarResNet(nn.Module):
     ) -> None:
         super().__init__()
         if (depth - 2) % 6 != 0 or depth < 8:
-            raise ValueError(
-                f"CIFAR ResNet depth must be 6n+2 (e.g. 20, 32, 56, 110), got {depth}"
-            )
+            raise ValueError(f"CIFAR ResNet depth must be 6n+2 (e.g. 20, 32, 56, 110), got {depth}")
         n = (depth - 2) // 6
         self.depth = depth
         self.stage_depths = (n, n, n)

@@ -1,0 +1,22 @@
+# Runtime defaults shared by every experiment.
+default_scope = "hpff_dist"
+
+default_hooks = dict(
+    timer=dict(type="IterTimerHook"),
+    logger=dict(type="LoggerHook", interval=50),
+    param_scheduler=dict(type="ParamSchedulerHook"),
+    checkpoint=dict(type="CheckpointHook", interval=1, max_keep_ckpts=3, save_last=True),
+    sampler_seed=dict(type="DistSamplerSeedHook"),
+)
+custom_hooks = [dict(type="ThroughputHook")]
+
+env_cfg = dict(
+    cudnn_benchmark=True,
+    mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
+    dist_cfg=dict(backend="nccl"),  # gloo is chosen automatically on CPU-only hosts
+)
+log_processor = dict(window_size=20, by_epoch=True)
+log_level = "INFO"
+load_from = None
+resume = False
+randomness = dict(seed=0, deterministic=False)

@@ -1,0 +1,88 @@
+"""Fashion-MNIST read straight from Debian's ``dataset-fashion-mnist`` package.
+
+The package installs the original gzipped IDX files under ``/usr/share/datasets/fashion-mnist``;
+we decode them in place (no copy, no download). IDX: big-endian magic (0x0803 images /
+0x0801 labels), then the dimension sizes as big-endian int32, then raw uint8 data.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from hpff_dist.data.transforms import build_pipeline
+from hpff_dist.registry import DATASETS
+
+DEBIAN_ROOT = "/usr/share/datasets/fashion-mnist"
+CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """Decode one (optionally gzipped) IDX file of uint8 data into an array."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise ValueError(f"{path}: not a uint8 IDX file (magic {data[:4].hex()})")
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if body.size != int(np.prod(shape)):
+        raise ValueError(f"{path}: header says {shape} but holds {body.size} values")
+    return body.reshape(shape)
+
+
+@DATASETS.register_module()
+class FashionMNIST(Dataset):
+    """Fashion-MNIST (60000 train / 10000 test, 28x28 grey, 10 classes).
+
+    Items are ``(image, label)`` with ``image`` a (1, 28, 28) uint8 tensor passed through
+    ``pipeline``. ``subset`` keeps the first N images (class-balanced in practice) for quick runs.
+    """
+
+    classes = CLASSES
+
+    def __init__(
+        self,
+        root: str = DEBIAN_ROOT,
+        split: str = "train",
+        pipeline: list | None = None,
+        subset: int | None = None,
+    ) -> None:
+        if split not in _FILES:
+            raise ValueError(f"FashionMNIST split must be one of {sorted(_FILES)}, got {split!r}")
+        root_path = Path(root)
+        paths = [root_path / name for name in _FILES[split]]
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing:
+            raise FileNotFoundError(
+                f"Fashion-MNIST files not found: {missing}. Install Debian's package "
+                "(`apt-get install dataset-fashion-mnist`, done by `make`) or point "
+                "`root` at a folder holding the four *-ubyte.gz files."
+            )
+        images, labels = read_idx(paths[0]), read_idx(paths[1])
+        if len(images) != len(labels):
+            raise ValueError(f"{root}: {len(images)} images but {len(labels)} labels")
+        if subset is not None:
+            images, labels = images[:subset], labels[:subset]
+        self.images = torch.from_numpy(images.copy()).unsqueeze(1)
+        self.targets = torch.from_numpy(labels.astype(np.int64))
+        self.pipeline = build_pipeline(pipeline)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.pipeline(self.images[index]), int(self.targets[index])

@@ -1,0 +1,117 @@
+"""Image classifier trained end-to-end or with local learning, as an mmengine ``BaseModel``.
+
+The backbone is any ``BlockNetwork`` from the registry; ``method`` (a plain dict, see
+``hpff_dist.local``) decides how it is trained. ``train_step`` hands the schedule the optim
+wrapper's backward and makes exactly one optimizer step per batch, so mmengine's loops, hooks,
+AMP and our DeepSpeed strategy all see an ordinary train step.
+"""
+
+from __future__ import annotations
+
+import torch
+from mmengine.model import BaseModel
+from torch import Tensor
+
+from hpff_dist.engine.backward import loss_backward
+from hpff_dist.local.network import BlockNetwork
+from hpff_dist.registry import MODELS
+
+
+@MODELS.register_module()
+class LocalClassifier(BaseModel):
+    """Backbone + training method (e2e, dgl, infopro, dgl_hpff, infopro_hpff).
+
+    Args:
+        backbone: registry config of a ``BlockNetwork`` (e.g. ``CifarResNet``).
+        method: local-learning spec, e.g. ``dict(method='dgl_hpff', k=16)``.
+        arch: name of the split table to use (``resnet32`` ...); ``None`` = balanced split.
+        image_size: input side length (InfoPro decoders reconstruct images of this size).
+        data_preprocessor: normalisation config (``ClassifierDataPreprocessor``).
+    """
+
+    def __init__(
+        self,
+        backbone: dict,
+        method: dict | None = None,
+        arch: str | None = None,
+        num_classes: int = 10,
+        image_size: int = 32,
+        data_preprocessor: dict | None = None,
+        init_cfg: dict | None = None,
+    ) -> None:
+        # Built here (not by BaseModel) so it resolves in our registry whatever the default scope.
+        preprocessor = MODELS.build(
+            {"type": "ClassifierDataPreprocessor", **(data_preprocessor or {})}
+        )
+        super().__init__(data_preprocessor=preprocessor, init_cfg=init_cfg)
+        backbone = dict(backbone)
+        backbone.setdefault("num_classes", num_classes)
+        net = MODELS.build(backbone)
+        if not isinstance(net, BlockNetwork):
+            raise TypeError(
+                f"backbone {backbone['type']!r} must expose stem/blocks/head/block_ids/"
+                "block_channels (hpff_dist.local.network.BlockNetwork)"
+            )
+        self.learner = _build_learner(
+            net,
+            dict(method or {"method": "e2e"}),
+            arch=arch,
+            num_classes=num_classes,
+            image_size=image_size,
+            image_channels=int(self.data_preprocessor.mean.shape[1]),
+        )
+
+    @property
+    def net(self) -> BlockNetwork:
+        return self.learner.net
+
+    def forward(
+        self,
+        inputs: Tensor,
+        images: Tensor | None = None,
+        targets: Tensor | None = None,
+        mode: str = "tensor",
+    ):
+        if mode == "tensor":
+            return self.learner(inputs)
+        if mode == "predict":
+            return [dict(logits=self.learner(inputs).detach(), targets=targets)]
+        if mode == "loss":
+            raise RuntimeError(
+                "local learning backpropagates inside train_step (several backward calls per "
+                "step); call model.train_step(data, optim_wrapper) instead of mode='loss'"
+            )
+        raise ValueError(f"unknown mode {mode!r}: use 'tensor', 'predict' or 'loss'")
+
+    def train_step(self, data, optim_wrapper) -> dict[str, Tensor]:
+        backward = loss_backward(optim_wrapper)
+        with optim_wrapper.optim_context(self):
+            batch = self.data_preprocessor(data, True)
+            losses = self.learner.train_losses(
+                batch["inputs"], batch["targets"], batch["images"], backward
+            )
+        optim_wrapper.step()
+        optim_wrapper.zero_grad()
+        return {k: v.detach() if torch.is_tensor(v) else torch.tensor(v) for k, v in losses.items()}
+
+
+class _E2ELearner(torch.nn.Module):
+    """Temporary end-to-end learner until the local-learning core lands."""
+
+    def __init__(self, net, spec, **_):
+        super().__init__()
+        if spec.get("method", "e2e") != "e2e":
+            raise ValueError(f"unknown method {spec.get('method')!r}")
+        self.net = net
+
+    def forward(self, inputs):
+        return self.net(inputs)
+
+    def train_losses(self, inputs, targets, images, backward):
+        loss = torch.nn.functional.cross_entropy(self.net(inputs), targets)
+        backward(loss)
+        return {"loss": loss}
+
+
+def _build_learner(net, spec, **kwargs):
+    return _E2ELearner(net, spec, **kwargs)

@@ -1,0 +1,51 @@
+"""Train a model from a config: ``python tools/train.py CONFIG [--work-dir D] [--resume]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from hpff_dist.engine.config import DictAction, load_config
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("config", help="experiment config file")
+    p.add_argument("--work-dir", help="where logs and checkpoints go")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="auto",
+        help="resume from a checkpoint; with no value, the latest one in the work dir",
+    )
+    p.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
+    p.add_argument("--cfg-options", nargs="+", action=DictAction, help="key=value overrides")
+    p.add_argument("--no-test", action="store_true", help="skip the final test-set evaluation")
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    import hpff_dist  # noqa: F401  (compat fixes, registries)
+    from hpff_dist.engine.reporting import print_metrics_table
+    from hpff_dist.engine.runner_factory import build_runner
+
+    cfg = load_config(args.config, args.cfg_options, args.work_dir)
+    cfg.launcher = args.launcher
+    if args.resume == "auto":
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume:
+        cfg.resume, cfg.load_from = True, args.resume
+    runner = build_runner(cfg)
+    runner.train()
+    if not args.no_test and cfg.get("test_dataloader") is not None:
+        metrics = runner.test()
+        if runner.rank == 0:
+            print_metrics_table(metrics, title=f"test set: {os.path.basename(args.config)}")
+            with open(os.path.join(cfg.work_dir, "test_metrics.json"), "w") as f:
+                json.dump(metrics, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
