@@ -119,7 +119,9 @@ class LocalLearner(nn.Module):
                 raise ValueError(
                     f"local module {mod.index} would get no gradient with this spec "
                     f"(first_module={self.spec.first_module!r}, last_module="
-                    f"{self.spec.last_module!r}, w_ind={self.spec.w_ind}, w_cas={self.spec.w_cas})"
+                    f"{self.spec.last_module!r}, w_ind={self.spec.w_ind}, w_cas={self.spec.w_cas}"
+                    f"; InfoPro heads are dropped where the lambda schedule gives ixx = ixy = 0, "
+                    f"e.g. at module K-2 when ixx_2 = ixy_2 = 0)"
                 )
 
     # ----------------------------------------------------------------------- use
