@@ -1,3 +1,3 @@
 """Datasets, transforms and loaders; importing this registers them."""
 
-from hpff_dist.data import fashion_mnist, torchvision_folders, transforms  # noqa: F401
+from hpff_dist.data import fashion_mnist, imagenet, torchvision_folders, transforms  # noqa: F401

@@ -1,0 +1,128 @@
+"""Each workaround in hpff_dist.compat: the test fails if the fix is removed."""
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import hpff_dist  # noqa: F401  (applies the fixes)
+from hpff_dist import compat
+
+
+def test_mmengine_checkpoint_loads_with_weights_only_default():
+    from mmengine.logging import MessageHub
+
+    hub = MessageHub.get_instance("compat-test")
+    hub.update_scalar("train/loss", 0.5)
+    hub.update_info("iter", 3)
+    buf = io.BytesIO()
+    torch.save({"message_hub": hub.state_dict(), "state_dict": {"w": torch.ones(2)}}, buf)
+    assert b"getattr" not in buf.getvalue()  # no code-executing globals in our checkpoints
+    buf.seek(0)
+    loaded = torch.load(buf)  # torch's default: weights_only=True
+    assert loaded["message_hub"]["log_scalars"]["train/loss"].current() == 0.5
+    assert torch.equal(loaded["state_dict"]["w"], torch.ones(2))
+
+
+def test_arbitrary_pickles_are_still_refused():
+    buf = io.BytesIO()
+    torch.save({"fn": os.getcwd}, buf)
+    buf.seek(0)
+    with pytest.raises(Exception, match="Weights only load failed"):
+        torch.load(buf)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the fix only acts without a GPU")
+def test_mmengine_pytorch_launcher_runs_on_cpu():
+    # A fresh process: init_process_group cannot be undone cleanly inside pytest.
+    code = textwrap.dedent(
+        """
+        import hpff_dist, torch.distributed as dist
+        from mmengine.dist import init_dist
+        init_dist('pytorch', backend='gloo')
+        print('world', dist.get_world_size(), 'rank', dist.get_rank())
+        dist.destroy_process_group()
+        """
+    )
+    env = dict(
+        os.environ,
+        RANK="0",
+        LOCAL_RANK="0",
+        WORLD_SIZE="1",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(_free_port()),
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "world 1 rank 0" in out.stdout
+
+
+def test_mmengine_deepspeed_strategy_imports_and_onebit_is_explained():
+    from mmengine._strategy.deepspeed import register_deepspeed_optimizers
+
+    names = register_deepspeed_optimizers()
+    assert "FusedAdam" in names
+    from deepspeed.runtime.fp16.onebit import OnebitAdam
+
+    with pytest.raises(RuntimeError, match="removed from DeepSpeed 0.19"):
+        OnebitAdam()
+
+
+def _naive_point_sample(feat: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Bilinear sampling written out by hand (align_corners=False, zero padding), float64."""
+    n, c, h, w = feat.shape
+    out = torch.zeros(n, c, points.shape[1], dtype=torch.float64)
+    for b in range(n):
+        for p, (px, py) in enumerate(points[b].tolist()):
+            x, y = px * w - 0.5, py * h - 0.5
+            x0, y0 = int(torch.floor(torch.tensor(x))), int(torch.floor(torch.tensor(y)))
+            for dx in (0, 1):
+                for dy in (0, 1):
+                    xi, yi = x0 + dx, y0 + dy
+                    wgt = (1 - abs(x - xi)) * (1 - abs(y - yi))
+                    if 0 <= xi < w and 0 <= yi < h:
+                        out[b, :, p] += wgt * feat[b, :, yi, xi]
+    return out
+
+
+def test_mmseg_imports_with_mmcv_lite_and_point_sample_is_right():
+    import mmseg.models  # noqa: F401  (fails without the stand-in mmcv.ops)
+    from mmcv.ops import point_sample
+
+    g = torch.Generator().manual_seed(0)
+    feat = torch.randn(2, 3, 5, 7, generator=g, dtype=torch.float64)
+    points = torch.rand(2, 11, 2, generator=g, dtype=torch.float64)
+    assert torch.allclose(point_sample(feat, points), _naive_point_sample(feat, points), atol=1e-12)
+    grid = points.view(2, 11, 1, 2)
+    assert point_sample(feat, grid).shape == (2, 3, 11, 1)
+    assert torch.allclose(
+        point_sample(feat, points, align_corners=True),
+        F.grid_sample(feat, 2 * grid - 1, align_corners=True).squeeze(3),
+    )
+
+
+def test_other_mmcv_ops_fail_loudly():
+    from mmcv.ops import sigmoid_focal_loss
+
+    with pytest.raises(RuntimeError, match="compiled ops"):
+        sigmoid_focal_loss(torch.zeros(1), torch.zeros(1))
+
+
+def test_fixes_are_idempotent():
+    before = dict(vars(compat.sys.modules["mmcv.ops"]))
+    compat.apply_all()
+    assert dict(vars(compat.sys.modules["mmcv.ops"])) == before
