@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from hpff_dist.local import PlainBackward, ScaledBackward, build_local_learner
 from hpff_dist.local.learner import LocalLearner
+from hpff_dist.local.spec import with_overrides
 from hpff_dist.models.cifar_resnet import CifarResNet
 
 BATCH, SIZE, CLASSES = 4, 16, 5
@@ -138,8 +139,9 @@ def test_one_forward_matches_three_path_reference(method, extra, _, k):
 
 def test_one_forward_matches_reference_with_published_table():
     spec = dict(method="infopro_hpff", k=16, aux_net="1c2f", pff=dict(n=2))
-    learner = compare(spec, lambda *a: reference_hilo(*a, 0.001, 0.999), depth=32,
-                      arch="resnet32", size=8)
+    learner = compare(
+        spec, lambda *a: reference_hilo(*a, 0.001, 0.999), depth=32, arch="resnet32", size=8
+    )
     assert learner.plan.num_modules == 15
 
 
@@ -159,9 +161,12 @@ def test_packaged_reference_schedule_matches_test_reference(method):
 @pytest.mark.parametrize("k", [2, 6])
 @pytest.mark.parametrize(
     "method,extra",
-    [("dgl", dict(aux_net="1c2f")), ("dgl", dict(aux_net="2c2f", pff=dict(n=2))),
-     ("infopro", dict(aux_net="1c2f", local_loss="contrast", ixx_2=1.0, ixy_2=0.1)),
-     ("infopro", dict(aux_net="1c2f", pff=dict(n=2), ixy_2=0.1))],
+    [
+        ("dgl", dict(aux_net="1c2f")),
+        ("dgl", dict(aux_net="2c2f", pff=dict(n=2))),
+        ("infopro", dict(aux_net="1c2f", local_loss="contrast", ixx_2=1.0, ixy_2=0.1)),
+        ("infopro", dict(aux_net="1c2f", pff=dict(n=2), ixy_2=0.1)),
+    ],
 )
 def test_independent_methods_match_reference(method, extra, k, schedule):
     compare(dict(method=method, k=k, schedule=schedule, **extra), reference_independent)
@@ -234,9 +239,14 @@ def test_first_module_learns_only_through_cascade_one():
 
 
 # ------------------------------------------------------------------ the backward contract
-@pytest.mark.parametrize("method,extra", [("infopro_hpff", dict(pff=dict(n=2))),
-                                          ("dgl_hpff", dict(aux_net="2c2f")),
-                                          ("infopro", dict(ixy_2=0.1))])
+@pytest.mark.parametrize(
+    "method,extra",
+    [
+        ("infopro_hpff", dict(pff=dict(n=2))),
+        ("dgl_hpff", dict(aux_net="2c2f")),
+        ("infopro", dict(ixy_2=0.1)),
+    ],
+)
 def test_scaled_backward_scales_every_gradient(method, extra):
     images, targets, restored = batch()
     learner = make(dict(method=method, k=4, **extra))
@@ -248,26 +258,32 @@ def test_scaled_backward_scales_every_gradient(method, extra):
     assert_same_grads({n: g / 0.25 for n, g in scaled.items()}, plain, tol=1e-12)
 
 
-def test_schedule_never_calls_backward_outside_the_contract(monkeypatch):
-    calls = []
+def test_schedule_backpropagates_only_through_the_given_backward(monkeypatch):
+    real = torch.Tensor.backward
+    inside = [False]
 
-    class Counting(PlainBackward):
+    def guarded(self, *args, **kwargs):
+        assert inside[0], "Tensor.backward called outside the engine's backward"
+        return real(self, *args, **kwargs)
+
+    class Counting:
+        scale = 1.0
+        calls = 0
+
         def __call__(self, loss):
             assert loss.dim() == 0
-            calls.append(1)
-            super().__call__(loss)
+            self.calls += 1
+            inside[0] = True
+            try:
+                loss.backward()
+            finally:
+                inside[0] = False
 
-    def forbidden(*a, **k):
-        raise AssertionError("Tensor.backward called directly")
-
+    monkeypatch.setattr(torch.Tensor, "backward", guarded)
     learner = make(dict(method="infopro_hpff", k=4, pff=dict(n=2)))
-    images, targets, restored = batch()
     backward = Counting()
-    real = torch.Tensor.backward
-    monkeypatch.setattr(torch.Tensor, "backward", forbidden)
-    backward.__class__.__call__ = lambda self, loss: (calls.append(1), real(loss))
-    learner.train_step_losses(images, targets, restored, backward)
-    assert calls
+    learner.train_step_losses(*batch(), backward=backward)
+    assert backward.calls > 0
 
 
 def test_step_output_and_eval_forward():
@@ -279,7 +295,6 @@ def test_step_output_and_eval_forward():
     assert out.logits.shape == (BATCH, CLASSES) and not out.logits.requires_grad
     learner.eval()
     with torch.no_grad():
-        assert torch.allclose(learner(images), out.logits, atol=1e-1) or True
         assert learner(images).shape == (BATCH, CLASSES)
     with pytest.raises(ValueError, match="image_restored"):
         learner.train()
@@ -294,6 +309,24 @@ def test_one_forward_runs_each_module_once():
     learner.train_step_losses(*batch())
     assert set(counts.values()) == {1}
     counts.clear()
-    learner.spec = type(learner.spec)(**{**learner.spec.__dict__, "schedule": "reference"})
+    learner.spec = with_overrides(learner.spec, schedule="reference")
     learner.train_step_losses(*batch())
     assert max(counts.values()) == 3
+
+
+@pytest.mark.parametrize("schedule", ["one_forward", "reference"])
+def test_runs_under_autocast_with_a_loss_scale(schedule):
+    torch.manual_seed(0)
+    learner = build_local_learner(
+        CifarResNet(14, num_classes=CLASSES),
+        None,
+        CLASSES,
+        dict(method="infopro_hpff", k=4, pff=dict(n=2), schedule=schedule),
+    )
+    images, targets, restored = (t.float() if t.is_floating_point() else t for t in batch())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = learner.train_step_losses(images, targets, restored, ScaledBackward(1024.0))
+    assert torch.isfinite(out.losses["loss_cas"])
+    assert all(
+        p.grad is not None and torch.isfinite(p.grad).all() for p in learner.net.parameters()
+    )

@@ -209,7 +209,12 @@ class InfoProHead(LocalHead):
         return HeadOutput(loss, logits)
 
     def accumulate(
-        self, feature: Tensor, targets: Tensor, image: Tensor | None, weight: float, backward: Backward
+        self,
+        feature: Tensor,
+        targets: Tensor,
+        image: Tensor | None,
+        weight: float,
+        backward: Backward,
     ) -> HeadOutput:
         loss: Tensor | float = 0.0
         logits = None

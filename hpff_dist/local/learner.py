@@ -86,14 +86,23 @@ class LocalLearner(nn.Module):
         """The aux head of module ``m`` on ``level`` (None if InfoPro's lambdas are both 0)."""
         spec = self.spec
         kind = spec.ind_head if level == "independent" else spec.cas_head
-        pff = spec.pff if spec.pff is not None and level in spec.pff.levels and spec.pff.n > 1 else None
+        pff = (
+            spec.pff
+            if spec.pff is not None and level in spec.pff.levels and spec.pff.n > 1
+            else None
+        )
         paper = pff is not None and pff.variant == "paper"
         official = pff is not None and pff.variant == "official"
 
         def classifier() -> LocalHead:
             head = ClassifierAuxHead(
-                width, spec.aux_net, self.num_classes, spec.local_loss, spec.widen,
-                spec.feature_dim, spec.temperature,
+                width,
+                spec.aux_net,
+                self.num_classes,
+                spec.local_loss,
+                spec.widen,
+                spec.feature_dim,
+                spec.temperature,
             )
             return PatchFusedClassifier(head, pff.n) if paper else head
 
@@ -128,7 +137,9 @@ class LocalLearner(nn.Module):
     @property
     def needs_image(self) -> bool:
         """Whether ``train_step_losses`` needs the restored image (a reconstruction head)."""
-        return any(isinstance(m, (ReconstructionHead, OfficialPatchDecoder)) for m in self.heads.modules())
+        return any(
+            isinstance(m, (ReconstructionHead, OfficialPatchDecoder)) for m in self.heads.modules()
+        )
 
     def forward(self, images: Tensor) -> Tensor:
         """Inference: logits of the whole network."""

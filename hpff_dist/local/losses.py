@@ -21,7 +21,9 @@ def supervised_contrastive_loss(
     n = z.shape[0]
     logits = z @ z.t() / temperature
     self_mask = torch.eye(n, dtype=torch.bool, device=z.device)
-    log_prob = logits - torch.logsumexp(logits.masked_fill(self_mask, float("-inf")), dim=1, keepdim=True)
+    log_prob = logits - torch.logsumexp(
+        logits.masked_fill(self_mask, float("-inf")), dim=1, keepdim=True
+    )
     positives = (targets.view(-1, 1) == targets.view(1, -1)) & ~self_mask
     pos_count = positives.sum(1).clamp(min=1)
     mean_log_prob_pos = (log_prob * positives).sum(1) / pos_count

@@ -40,7 +40,10 @@ class _Saved:
     __slots__ = ("tensor", "key", "meter")
 
     def __init__(self, tensor: Tensor, key: Any, meter: SavedTensorMeter) -> None:
-        self.tensor = tensor
+        # Detached alias: holding a saved *output* itself would form a cycle (node -> holder ->
+        # tensor -> grad_fn node) that keeps a dropped graph alive. Autograd re-attaches the
+        # metadata on unpack.
+        self.tensor = tensor.detach()
         self.key = key
         self.meter = meter
 

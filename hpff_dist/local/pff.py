@@ -39,7 +39,9 @@ def split_patches(x: Tensor, n: int) -> list[Tensor]:
     h, w = x.shape[-2:]
     if n < 1 or n > h or n > w:
         raise ValueError(f"cannot cut a {h}x{w} map into {n}x{n} patches")
-    return [p for row in torch.tensor_split(x, n, dim=-2) for p in torch.tensor_split(row, n, dim=-1)]
+    return [
+        p for row in torch.tensor_split(x, n, dim=-2) for p in torch.tensor_split(row, n, dim=-1)
+    ]
 
 
 @contextmanager
@@ -76,12 +78,21 @@ class PatchFusedClassifier(LocalHead):
         return self._fused(mean_out, targets)
 
     def accumulate(
-        self, feature: Tensor, targets: Tensor, image: Tensor | None, weight: float, backward: Backward
+        self,
+        feature: Tensor,
+        targets: Tensor,
+        image: Tensor | None,
+        weight: float,
+        backward: Backward,
     ) -> HeadOutput:
         patches = split_patches(feature, self.n)
         with torch.no_grad(), frozen_running_stats(self.inner):
             mean_out = sum(self.inner.net(p) for p in patches) / len(patches)
-        out_leaf = mean_out.detach().requires_grad_()
+        # float32 cotangent under AMP: true-size gradients may underflow in float16.
+        out_leaf = mean_out.detach()
+        if out_leaf.dtype in (torch.float16, torch.bfloat16):
+            out_leaf = out_leaf.float()
+        out_leaf.requires_grad_()
         out = self._fused(out_leaf, targets)
         (cotangent,) = torch.autograd.grad(out.loss * weight, out_leaf)
         cotangent = cotangent / len(patches)
@@ -109,7 +120,12 @@ class PatchwiseReconstruction(LocalHead):
         return HeadOutput(loss)
 
     def accumulate(
-        self, feature: Tensor, targets: Tensor, image: Tensor | None, weight: float, backward: Backward
+        self,
+        feature: Tensor,
+        targets: Tensor,
+        image: Tensor | None,
+        weight: float,
+        backward: Backward,
     ) -> HeadOutput:
         pairs = self._pairs(feature, image)
         total = feature.new_zeros(())
@@ -123,7 +139,9 @@ class PatchwiseReconstruction(LocalHead):
 class OfficialPatchDecoder(LocalHead):
     """The reference code's CIFAR 'PFF': n*n decoders, one per patch, BCE summed, one graph."""
 
-    def __init__(self, in_channels: int, image_channels: int = 3, widen: float = 1.0, n: int = 2) -> None:
+    def __init__(
+        self, in_channels: int, image_channels: int = 3, widen: float = 1.0, n: int = 2
+    ) -> None:
         super().__init__()
         self.n = n
         self.decoders = nn.ModuleList(

@@ -99,16 +99,28 @@ def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
     return a if b is None else a + b
 
 
+def _unscale(grad: Tensor, scale: float) -> Tensor:
+    """``grad / scale``, in float32 when ``grad`` is half precision (AMP): the scale exists
+    precisely because true-size gradients may underflow in float16."""
+    if grad.dtype in (torch.float16, torch.bfloat16):
+        grad = grad.float()
+    return grad / scale
+
+
 def _head_cotangent(
-    head: LocalHead, output: Tensor, targets: Tensor, image: Tensor | None, weight: float,
+    head: LocalHead,
+    output: Tensor,
+    targets: Tensor,
+    image: Tensor | None,
+    weight: float,
     backward: Backward,
 ) -> tuple[Tensor | None, HeadOutput]:
-    """Run a head on a detached copy of ``output``; return weight * dL/d(output), un-scaled."""
+    """Run a head on a detached copy of ``output``; return ``backward.scale * weight * dL/d
+    output`` as the engine's backward left it in the leaf's ``.grad`` (None if no gradient)."""
     leaf = output.detach().requires_grad_()
     with memory_region("aux"):
         out = head.accumulate(leaf, targets, image, weight, backward)
-    grad = None if leaf.grad is None else leaf.grad / backward.scale
-    return grad, out
+    return leaf.grad, out
 
 
 def one_forward_step(
@@ -138,21 +150,29 @@ def one_forward_step(
         leaf = x if mod.index == 0 else x.detach().requires_grad_(needs_h)
         a = mod(leaf)
 
+        # Cotangents are kept at true scale (un-scaled), the ``.grad`` values are scaled.
         cotangent: Tensor | None = None
-        g_cas: Tensor | None = None
+        g_cas_scaled: Tensor | None = None
         if mod.ind_active:
-            g_ind, out = _head_cotangent(mod.ind_head, a, targets, image, mod.w_ind, backward)
+            g_ind_scaled, out = _head_cotangent(
+                mod.ind_head, a, targets, image, mod.w_ind, backward
+            )
             totals.add(mod, "ind", out)
-            cotangent = _add(cotangent, g_ind)
+            if g_ind_scaled is not None:
+                cotangent = _add(cotangent, _unscale(g_ind_scaled, backward.scale))
         if mod.cas_active:
-            g_cas, out = _head_cotangent(mod.cas_head, a, targets, image, mod.w_cas, backward)
+            g_cas_scaled, out = _head_cotangent(
+                mod.cas_head, a, targets, image, mod.w_cas, backward
+            )
             totals.add(mod, "cas", out)
-            cotangent = _add(cotangent, g_cas)
+            if g_cas_scaled is not None:
+                cotangent = _add(cotangent, _unscale(g_cas_scaled, backward.scale))
 
         if pending is not None:
-            if g_cas is not None:
-                (h,) = torch.autograd.grad(a, leaf, g_cas, retain_graph=True)
-                pending.cotangent = _add(pending.cotangent, h)
+            if g_cas_scaled is not None:
+                # h_i: the cascade gradient E_i sends to E_{i-1}; input-only VJP, no .grad filled.
+                (h,) = torch.autograd.grad(a, leaf, g_cas_scaled, retain_graph=True)
+                pending.cotangent = _add(pending.cotangent, _unscale(h, backward.scale))
             _finish(pending, backward)
         pending = _Pending(a, cotangent)
         x = a

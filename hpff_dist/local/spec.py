@@ -126,7 +126,9 @@ def _pff_from(value: Any) -> PFFSpec | None:
     if isinstance(value, PFFSpec):
         return value
     if not isinstance(value, dict):
-        raise TypeError(f"pff must be None or a dict like dict(n=2, variant='paper'), got {value!r}")
+        raise TypeError(
+            f"pff must be None or a dict like dict(n=2, variant='paper'), got {value!r}"
+        )
     valid = {f.name for f in fields(PFFSpec)}
     unknown = set(value) - valid
     if unknown:
@@ -145,7 +147,9 @@ def build_spec(config: dict[str, Any] | LocalSpec) -> LocalSpec:
     valid = {f.name for f in fields(LocalSpec)}
     unknown = set(config) - valid
     if unknown:
-        raise ValueError(f"unknown local-learning keys {sorted(unknown)}; valid keys: {sorted(valid)}")
+        raise ValueError(
+            f"unknown local-learning keys {sorted(unknown)}; valid keys: {sorted(valid)}"
+        )
     if "method" not in config:
         raise ValueError(f"the spec needs a 'method', one of {METHODS}")
     method = config["method"]
