@@ -102,3 +102,9 @@ def test_saved_batchnorm_buffers_agree_across_ranks(resume):
 def test_checkpoint_from_another_model_is_refused(resume):
     msg = resume["other_model_error"]
     assert msg is not None and "different model" in msg and "shape mismatch" in msg
+
+
+def test_models_under_test_are_the_real_classifier(exact, resume):
+    """Once ``LocalClassifier`` supports every method the stand-in must no longer be used."""
+    assert set(exact["model_classes"].values()) == {"LocalClassifier"}, exact["model_classes"]
+    assert resume["model_class"] == "LocalClassifier"

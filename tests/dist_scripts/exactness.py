@@ -90,7 +90,7 @@ def main() -> None:
     out = sys.argv[1]
     methods = sys.argv[2].split(",") if len(sys.argv) > 2 else ["e2e", "dgl", "dgl_hpff"]
     enable("pytorch", init_backend="deepspeed")
-    results: dict[str, dict] = {}
+    results: dict[str, dict] = {"model_classes": {m: type(build_model(m)).__name__ for m in methods}}
     with tempfile.TemporaryDirectory() as tmp:
         for method in methods:
             for stage in (0, 1, 2):

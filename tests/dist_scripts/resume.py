@@ -66,10 +66,27 @@ class RecordAndInterrupt(Hook):
 MODELS.register_module(module=ContractClassifier, force=True)
 
 
+def model_config(method: str, width: int) -> dict:
+    """The real ``LocalClassifier`` when it builds for ``method``, else the stand-in."""
+    real = dict(
+        type="hpff_dist.LocalClassifier",
+        backbone=dict(type="CifarResNet", depth=8, widths=(width,) * 4),
+        method=METHODS[method],
+        num_classes=NUM_CLASSES,
+        image_size=IMAGE,
+        data_preprocessor=dict(mean=(0.5,) * 3, std=(0.5,) * 3),
+    )
+    try:
+        MODELS.build(real)
+        return real
+    except (ValueError, TypeError, KeyError):
+        return dict(type="hpff_dist.ContractClassifier", method=METHODS[method], width=width)
+
+
 def config(work_dir: str, name: str, method: str = "dgl_hpff", width: int = 8, **extra) -> Config:
     return Config(
         dict(
-            model=dict(type="hpff_dist.ContractClassifier", method=METHODS[method], width=width),
+            model=model_config(method, width),
             work_dir=work_dir,
             experiment_name=name,
             launcher="pytorch",
@@ -136,6 +153,7 @@ def main() -> None:
     runner = build_runner(config(work_a, "uninterrupted"))
     runner.train()
     full = module_state(runner)
+    results["model_class"] = type(runner.model.module).__name__
     params = [k for k, _ in runner.model.module.named_parameters()]
     seen_a = list(RecordAndInterrupt.seen)
 
