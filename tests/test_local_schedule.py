@@ -330,3 +330,45 @@ def test_runs_under_autocast_with_a_loss_scale(schedule):
     assert all(
         p.grad is not None and torch.isfinite(p.grad).all() for p in learner.net.parameters()
     )
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(first_module="independent"),
+        dict(first_module="both"),
+        dict(last_module="independent"),
+        dict(last_module="cascade", first_module="both"),
+        dict(w_ind=0.0, w_cas=1.0),  # the reference's ImageNet setting: independent level off
+        dict(pff=dict(n=2, levels="cascade"), local_loss="contrast"),
+    ],
+)
+def test_options_agree_between_one_forward_and_packaged_reference(options):
+    images, targets, restored = batch()
+    spec = dict(method="infopro_hpff", k=4, aux_net="1c2f", ixy_2=0.2, **options)
+    learner = make(spec)
+    learner.train_step_losses(images, targets, restored)
+    ours = grads(learner)
+    learner.zero_grad(set_to_none=True)
+    learner.spec = with_overrides(learner.spec, schedule="reference")
+    learner.train_step_losses(images, targets, restored)
+    assert_same_grads(ours, grads(learner))
+
+
+def test_first_and_last_module_options_build_the_expected_heads():
+    both = make(dict(method="dgl_hpff", k=4, first_module="both", last_module="cascade"))
+    first, last = both.local_modules[0], both.local_modules[-1]
+    assert first.ind_head is both.heads["ind0"] and first.cas_head is both.heads["cas0"]
+    assert last.ind_head is None and last.cas_head is not None
+    off = make(dict(method="dgl_hpff", k=4, w_ind=0.0, w_cas=1.0))
+    assert not any(name.startswith("ind") for name in off.heads)
+
+
+def test_deepcopy_keeps_modules_pointing_at_the_copied_layers():
+    import copy
+
+    learner = make(dict(method="dgl_hpff", k=4))
+    clone = copy.deepcopy(learner)
+    assert clone.local_modules[1].layers[0] is clone.net.blocks[clone.plan.modules[1][0]]
+    assert clone.local_modules[-1].ind_head.classifier is clone.net.head
+    assert clone.local_modules[1].ind_head is clone.heads["ind1"]
