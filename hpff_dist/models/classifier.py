@@ -8,11 +8,11 @@ AMP and our DeepSpeed strategy all see an ordinary train step.
 
 from __future__ import annotations
 
-import torch
 from mmengine.model import BaseModel
 from torch import Tensor
 
 from hpff_dist.engine.backward import loss_backward
+from hpff_dist.local import build_local_learner
 from hpff_dist.local.network import BlockNetwork
 from hpff_dist.registry import MODELS
 
@@ -52,11 +52,11 @@ class LocalClassifier(BaseModel):
                 f"backbone {backbone['type']!r} must expose stem/blocks/head/block_ids/"
                 "block_channels (hpff_dist.local.network.BlockNetwork)"
             )
-        self.learner = _build_learner(
+        self.learner = build_local_learner(
             net,
+            arch,
+            num_classes,
             dict(method or {"method": "e2e"}),
-            arch=arch,
-            num_classes=num_classes,
             image_size=image_size,
             image_channels=int(self.data_preprocessor.mean.shape[1]),
         )
@@ -87,31 +87,12 @@ class LocalClassifier(BaseModel):
         backward = loss_backward(optim_wrapper)
         with optim_wrapper.optim_context(self):
             batch = self.data_preprocessor(data, True)
-            losses = self.learner.train_losses(
+            out = self.learner.train_step_losses(
                 batch["inputs"], batch["targets"], batch["images"], backward
             )
         optim_wrapper.step()
         optim_wrapper.zero_grad()
-        return {k: v.detach() if torch.is_tensor(v) else torch.tensor(v) for k, v in losses.items()}
-
-
-class _E2ELearner(torch.nn.Module):
-    """Temporary end-to-end learner until the local-learning core lands."""
-
-    def __init__(self, net, spec, **_):
-        super().__init__()
-        if spec.get("method", "e2e") != "e2e":
-            raise ValueError(f"unknown method {spec.get('method')!r}")
-        self.net = net
-
-    def forward(self, inputs):
-        return self.net(inputs)
-
-    def train_losses(self, inputs, targets, images, backward):
-        loss = torch.nn.functional.cross_entropy(self.net(inputs), targets)
-        backward(loss)
-        return {"loss": loss}
-
-
-def _build_learner(net, spec, **kwargs):
-    return _E2ELearner(net, spec, **kwargs)
+        log_vars = {k: v.detach() for k, v in out.losses.items()}
+        if out.logits is not None:
+            log_vars["acc"] = (out.logits.argmax(1) == batch["targets"]).float().mean() * 100
+        return log_vars

@@ -1,0 +1,3 @@
+# ResNet-32 dgl_hpff K=16 on Fashion-MNIST (1-channel stem), the short CPU schedule.
+_base_ = ["./resnet32_e2e.py"]
+model = dict(method=dict(method="dgl_hpff", k=16))

@@ -1,0 +1,1 @@
+"""Measurement helpers for tools/benchmark*.py (step time, saved-activation and RSS peaks)."""
