@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch.utils.data import default_collate
 
+from hpff_dist.registry import FUNCTIONS
+
 
 class SkipBadCollate:
     """``default_collate`` over the good samples; a batch keeps its place even if it shrinks.
@@ -25,3 +27,11 @@ class SkipBadCollate:
             return torch.empty(0, 3, size, size), torch.empty(0, dtype=torch.int64)
         images, labels = default_collate(good)
         return images, labels.long()
+
+
+@FUNCTIONS.register_module(name="imagenet_skip_bad_collate")
+def skip_bad_collate(batch: Sequence, image_size: int = 224) -> tuple[torch.Tensor, torch.Tensor]:
+    """:class:`SkipBadCollate` as a function, for mmengine dataloader configs:
+    ``collate_fn=dict(type='imagenet_skip_bad_collate', image_size=224)`` (mmengine binds the
+    keyword arguments with ``functools.partial``)."""
+    return SkipBadCollate(image_size)(batch)

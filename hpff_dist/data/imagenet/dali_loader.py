@@ -136,11 +136,15 @@ def build_pipeline(
     resize_size: int,
     seed: int,
     prefetch: int = 2,
+    normalize: bool = True,
 ):
-    """The DALI graph: read shard -> decode (mixed or cpu) -> crop/resize -> flip + normalise."""
+    """The DALI graph: read shard -> decode (mixed or cpu) -> crop/resize -> flip + normalise
+    (ImageNet mean/std, or to [0, 1] with ``normalize=False``)."""
     from nvidia.dali import fn, pipeline_def, types
 
     gpu = device_id is not None
+    mean = [255 * m for m in IMAGENET_MEAN] if normalize else [0.0, 0.0, 0.0]
+    std = [255 * s for s in IMAGENET_STD] if normalize else [255.0, 255.0, 255.0]
 
     @pipeline_def(
         batch_size=batch_size,
@@ -196,8 +200,8 @@ def build_pipeline(
             crop=(image_size, image_size),
             crop_pos_x=crop_pos_x,
             crop_pos_y=crop_pos_y,
-            mean=[255 * m for m in IMAGENET_MEAN],
-            std=[255 * s for s in IMAGENET_STD],
+            mean=mean,
+            std=std,
             mirror=mirror,
         )
         labels = fn.reshape(labels, shape=[])
@@ -218,6 +222,8 @@ class DaliImageNetLoader:
         device: ``auto`` (GPU if present), ``gpu`` or ``cpu``.
         rank, world_size: global rank / number of ranks; default from torch.distributed or env.
         seed: pipeline seed; all ranks must agree (it also orders the shard shuffle).
+        normalize: ImageNet mean/std (default) or images in [0, 1] (``False``, for training:
+            our models normalise in their data preprocessor).
     """
 
     def __init__(
@@ -236,6 +242,7 @@ class DaliImageNetLoader:
         drop_last: bool | None = None,
         max_bad_samples: int = 0,
         prefetch: int = 2,
+        normalize: bool = True,
     ) -> None:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
@@ -264,6 +271,7 @@ class DaliImageNetLoader:
             resize_size=resize_size or default_resize_size(image_size),
             seed=seed,
             prefetch=prefetch,
+            normalize=normalize,
         )
         self.pipeline.build()
         self.iterator = DALIGenericIterator(

@@ -27,6 +27,7 @@ class ImageNetFolder(ImageFolder):
         image_size: int = 224,
         resize_size: int | None = None,
         max_bad_samples: int = 0,
+        normalize: bool = True,
     ) -> None:
         split_dir = Path(root) / split
         if not split_dir.is_dir() or not any(p.is_dir() for p in split_dir.iterdir()):
@@ -36,7 +37,10 @@ class ImageNetFolder(ImageFolder):
             )
         self.train = split == "train" if train is None else train
         super().__init__(
-            str(split_dir), transform=build_imagenet_transform(self.train, image_size, resize_size)
+            str(split_dir),
+            transform=build_imagenet_transform(
+                self.train, image_size, resize_size, normalize=normalize
+            ),
         )
         self.budget = BadSampleBudget(max_bad_samples)
 

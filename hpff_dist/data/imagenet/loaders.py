@@ -1,6 +1,7 @@
 """One entry point for the three ImageNet backends: ``folder``, ``webdataset`` (wids) and ``dali``.
 
-All return an iterable of ``(images float NCHW normalised, labels int64)`` with ``len()`` =
+All return an iterable of ``(images float NCHW, labels int64)`` (images normalised with the
+ImageNet mean/std, or in [0, 1] with ``normalize=False``) with ``len()`` =
 batches per rank per epoch, the same on every rank, and ``set_epoch(epoch)`` for shuffling.
 """
 
@@ -38,6 +39,7 @@ def build_imagenet_dataloader(
     max_bad_samples: int = 0,
     device: str = "auto",
     pin_memory: bool | None = None,
+    normalize: bool = True,
 ):
     """Build the loader for ``backend``; ``root`` is the ImageNet folder (``folder``) or the shard
     directory (``webdataset``, ``dali``). ``train`` defaults to ``split == 'train'`` and turns on
@@ -50,7 +52,7 @@ def build_imagenet_dataloader(
     train = split == "train" if train is None else train
     drop_last = train if drop_last is None else drop_last
     common = dict(split=split, train=train, image_size=image_size, resize_size=resize_size,
-                  max_bad_samples=max_bad_samples)
+                  max_bad_samples=max_bad_samples, normalize=normalize)
     if backend == "dali":
         from hpff_dist.data.imagenet.dali_loader import DaliImageNetLoader
 

@@ -1,7 +1,9 @@
 """The paper's ImageNet transforms (torchvision), and the constants the DALI pipeline shares.
 
 Train: RandomResizedCrop(image_size) + horizontal flip. Val: resize the shorter side to
-``resize_size`` (256 for 224) + centre crop. Both normalise with the ImageNet mean/std.
+``resize_size`` (256 for 224) + centre crop. Both normalise with the ImageNet mean/std, unless
+``normalize=False``: then images stay in [0, 1], which is what training uses, because our models
+normalise in their data preprocessor and InfoPro's decoders reconstruct the un-normalised image.
 """
 
 from __future__ import annotations
@@ -29,8 +31,10 @@ def build_imagenet_transform(
     resize_size: int | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    normalize: bool = True,
 ) -> Callable:
-    """PIL image -> normalised float CHW tensor."""
+    """PIL image -> float CHW tensor, normalised with ``mean``/``std`` or (``normalize=False``)
+    in [0, 1]."""
     if image_size < 1:
         raise ValueError(f"image_size must be >= 1, got {image_size}")
     if train:
@@ -40,11 +44,7 @@ def build_imagenet_transform(
         if resize_size < image_size:
             raise ValueError(f"resize_size={resize_size} must be >= image_size={image_size}")
         geometry = [v2.Resize(resize_size, antialias=True), v2.CenterCrop(image_size)]
-    return v2.Compose(
-        [
-            *geometry,
-            v2.ToImage(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=list(mean), std=list(std)),
-        ]
-    )
+    steps = [*geometry, v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    if normalize:
+        steps.append(v2.Normalize(mean=list(mean), std=list(std)))
+    return v2.Compose(steps)

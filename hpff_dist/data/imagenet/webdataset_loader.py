@@ -49,10 +49,13 @@ class ImageNetShards(Dataset):
         resize_size: int | None = None,
         max_bad_samples: int = 0,
         lru_size: int = 10,
+        normalize: bool = True,
     ) -> None:
         self.split_info = find_split(root, split)
         self.train = split == "train" if train is None else train
-        self.transform = build_imagenet_transform(self.train, image_size, resize_size)
+        self.transform = build_imagenet_transform(
+            self.train, image_size, resize_size, normalize=normalize
+        )
         self.shards = wids.ShardListDataset(
             self.split_info.wids_shardlist(),
             localname=_local_shard,

@@ -1,0 +1,21 @@
+# ResNet-152, InfoPro K=4 on ImageNet (reference split table resnet152 K=4): the reference's ImageNet
+# settings, one decoder + classifier per local module, constant lambdas (5, 0.75).
+# Backend: DALI; for another, swap the datasets base for imagenet_webdataset.py / imagenet_folder.py.
+_base_ = [
+    "../_base_/models/imagenet_resnet152.py",
+    "../_base_/datasets/imagenet_dali.py",
+    "../_base_/schedules/imagenet_90e.py",
+    "../_base_/default_runtime.py",
+]
+model = dict(
+    method=dict(
+        method="infopro",
+        k=4,
+        aux_net="1c2f",  # closest expressible to the reference aux classifier (see docs/imagenet.md)
+        feature_dim=2048,
+        ixx_1=5.0,  # reference ImageNet: lambda_1 = 5, lambda_2 = 0.75 on every local module
+        ixy_1=0.75,
+        ixx_2=5.0,
+        ixy_2=0.75,
+    )
+)
