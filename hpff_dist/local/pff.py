@@ -86,6 +86,8 @@ class PatchFusedClassifier(LocalHead):
         backward: Backward,
     ) -> HeadOutput:
         patches = split_patches(feature, self.n)
+        if self._batchable(patches):
+            return self._accumulate_batched(patches, targets, weight, backward)
         with torch.no_grad(), frozen_running_stats(self.inner):
             mean_out = sum(self.inner.net(p) for p in patches) / len(patches)
         # float32 cotangent under AMP: true-size gradients may underflow in float16.
@@ -98,6 +100,28 @@ class PatchFusedClassifier(LocalHead):
         cotangent = cotangent / len(patches)
         for p in patches:
             backward((self.inner.net(p) * cotangent).sum())
+        return _detached(out)
+
+
+    def _batchable(self, patches: list[Tensor]) -> bool:
+        """Whether all patches can go through the head as one batch at no memory cost.
+
+        A head with no convolution and no BatchNorm (``0cXf``: pool + MLP) treats every sample
+        on its own and saves only pooled vectors for backward, so stacking the patches along the
+        batch axis gives the same outputs and gradients in one pass instead of 2 n^2 small ones.
+        """
+        coupled = (nn.Conv2d, nn.modules.batchnorm._BatchNorm)
+        if any(isinstance(m, coupled) for m in self.inner.net.modules()):
+            return False
+        return len({tuple(p.shape) for p in patches}) == 1
+
+    def _accumulate_batched(
+        self, patches: list[Tensor], targets: Tensor, weight: float, backward: Backward
+    ) -> HeadOutput:
+        outputs = self.inner.net(torch.cat(patches, 0))
+        mean_out = outputs.view(len(patches), patches[0].shape[0], -1).mean(0)
+        out = self._fused(mean_out, targets)
+        backward(out.loss * weight)
         return _detached(out)
 
 
