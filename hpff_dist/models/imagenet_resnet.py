@@ -54,11 +54,12 @@ class TorchvisionResNet(nn.Module):
     ) -> None:
         super().__init__()
         try:
-            model = torchvision.models.get_model(
-                arch, weights=None, num_classes=num_classes, zero_init_residual=zero_init_residual
-            )
+            builder = torchvision.models.get_model_builder(arch)
         except ValueError as error:
             raise ValueError(f"unknown torchvision model {arch!r}: {error}") from error
+        if builder.__module__ != ResNet.__module__:
+            raise TypeError(f"{arch!r} is not a torchvision ResNet/ResNeXt ({builder.__module__})")
+        model = builder(weights=None, num_classes=num_classes, zero_init_residual=zero_init_residual)
         self._adopt(model, arch)
 
     @classmethod

@@ -32,6 +32,7 @@ class SkipBadCollate:
 @FUNCTIONS.register_module(name="imagenet_skip_bad_collate")
 def skip_bad_collate(batch: Sequence, image_size: int = 224) -> tuple[torch.Tensor, torch.Tensor]:
     """:class:`SkipBadCollate` as a function, for mmengine dataloader configs:
-    ``collate_fn=dict(type='imagenet_skip_bad_collate', image_size=224)`` (mmengine binds the
-    keyword arguments with ``functools.partial``)."""
+    ``collate_fn=dict(type='hpff_dist.imagenet_skip_bad_collate', image_size=224)``. The scope
+    prefix is needed because the Runner looks collate functions up in mmengine's root registry;
+    mmengine binds the keyword arguments with ``functools.partial``."""
     return SkipBadCollate(image_size)(batch)
