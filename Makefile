@@ -39,8 +39,15 @@ $(PKG_STAMP): $(STAMP) pyproject.toml
 
 venv: deps $(STAMP) $(PKG_STAMP)
 
+MAIN_CONFIG := configs/fashion_mnist/resnet32_k16_dgl_hpff.py
+FMNIST_METHODS := e2e k16_dgl k16_infopro k16_dgl_hpff k16_infopro_hpff
+
 train: venv
-	$(PY) tools/train.py configs/hpff/fmnist_resnet32_default.py --work-dir work_dirs/make_train
+	$(PY) tools/train.py $(MAIN_CONFIG) --work-dir work_dirs/make_train
+
+compare: venv
+	$(PY) tools/compare.py $(foreach m,$(FMNIST_METHODS),configs/fashion_mnist/resnet32_$(m).py) \
+	  --work-root work_dirs/compare --cfg-options train_cfg.max_epochs=1
 
 test: venv
 	$(PY) -m pytest -q tests

@@ -81,6 +81,11 @@ class FashionMNIST(Dataset):
         self.targets = torch.from_numpy(labels.astype(np.int64))
         self.pipeline = build_pipeline(pipeline)
 
+    @property
+    def metainfo(self) -> dict:
+        """Class names, read by mmengine's evaluator and visualizer."""
+        return {"classes": self.classes}
+
     def __len__(self) -> int:
         return len(self.targets)
 

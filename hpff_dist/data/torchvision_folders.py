@@ -61,6 +61,11 @@ class _TorchvisionFolder(Dataset):
             attrs["meta"] = {**cls.meta, "md5": None}
         return type(f"Unverified{cls.__name__}", (cls,), attrs)
 
+    @property
+    def metainfo(self) -> dict:
+        """Class names, read by mmengine's evaluator and visualizer."""
+        return {"classes": tuple(getattr(self.data, "classes", ()))}
+
     def __len__(self) -> int:
         return len(self.data)
 
