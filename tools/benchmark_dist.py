@@ -156,6 +156,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--cores", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--repeat", type=int, default=1,
+                   help="run everything R times, keep each row's fastest (a shared machine)")
     p.add_argument("--json", help="also write the rows here")
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -164,7 +166,13 @@ def main() -> None:
     args = p.parse_args()
     if args.worker:
         return worker(args)
-    rows = launch(args)
+    best: dict[tuple, dict] = {}
+    for _ in range(args.repeat):
+        for row in launch(args):
+            key = (row["method"], row["stage"], row["procs"])
+            if key not in best or row["images_per_s"] > best[key]["images_per_s"]:
+                best[key] = row
+    rows = list(best.values())
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     print(table(rows))
