@@ -172,8 +172,32 @@ def provide_mmcv_ops_without_compiled_extension() -> None:
     mmcv.ops = module
 
 
+def register_deepspeed_optimizers_once() -> None:
+    """mmengine's ``DeepSpeedStrategy.__init__`` registers DeepSpeed's optimizers without
+    ``force``, so a second strategy in one process (a resumed run, a test sweeping ZeRO stages,
+    a benchmark) dies with ``KeyError: DeepSpeedCPUAdam is already registered``. Registration
+    now happens once and later calls return the same names. Applied by
+    ``hpff_dist.engine.deepspeed_strategy`` on import, not by :func:`apply_all`, because it
+    imports DeepSpeed (seconds) and only DeepSpeed runs need it."""
+    if not _once("deepspeed_register_once"):
+        return
+    provide_deepspeed_onebit_module()
+    import mmengine._strategy.deepspeed as ms_deepspeed
+
+    original = ms_deepspeed.register_deepspeed_optimizers
+    names: list[str] = []
+
+    def register_once() -> list[str]:
+        if not names:
+            names.extend(original())
+        return list(names)
+
+    register_once.__wrapped__ = original
+    ms_deepspeed.register_deepspeed_optimizers = register_once
+
+
 def apply_all() -> None:
-    """Apply every workaround; cheap and idempotent."""
+    """Apply every cheap workaround (all but the DeepSpeed-only one); idempotent."""
     allow_mmengine_checkpoints_under_weights_only()
     skip_cuda_set_device_without_gpu()
     provide_deepspeed_onebit_module()

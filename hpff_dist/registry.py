@@ -44,13 +44,22 @@ EVALUATOR = Registry(
 HOOKS = Registry("hook", parent=MMENGINE_HOOKS, scope=SCOPE, locations=["hpff_dist.engine"])
 LOOPS = Registry("loop", parent=MMENGINE_LOOPS, scope=SCOPE, locations=["hpff_dist.engine"])
 OPTIM_WRAPPERS = Registry(
-    "optim wrapper", parent=MMENGINE_OPTIM_WRAPPERS, scope=SCOPE, locations=["hpff_dist.engine"]
+    "optim wrapper",
+    parent=MMENGINE_OPTIM_WRAPPERS,
+    scope=SCOPE,
+    locations=["hpff_dist.engine", "hpff_dist.engine.deepspeed_strategy"],
 )
 MODEL_WRAPPERS = Registry(
-    "model wrapper", parent=MMENGINE_MODEL_WRAPPERS, scope=SCOPE, locations=["hpff_dist.engine"]
+    "model wrapper",
+    parent=MMENGINE_MODEL_WRAPPERS,
+    scope=SCOPE,
+    locations=["hpff_dist.engine", "hpff_dist.engine.deepspeed_strategy"],
 )
 STRATEGIES = Registry(
-    "strategy", parent=MMENGINE_STRATEGIES, scope=SCOPE, locations=["hpff_dist.engine"]
+    "strategy",
+    parent=MMENGINE_STRATEGIES,
+    scope=SCOPE,
+    locations=["hpff_dist.engine", "hpff_dist.engine.deepspeed_strategy"],
 )
 RUNNERS = Registry("runner", parent=MMENGINE_RUNNERS, scope=SCOPE, locations=["hpff_dist.engine"])
 

@@ -126,3 +126,12 @@ def test_fixes_are_idempotent():
     before = dict(vars(compat.sys.modules["mmcv.ops"]))
     compat.apply_all()
     assert dict(vars(compat.sys.modules["mmcv.ops"])) == before
+
+
+def test_second_deepspeed_strategy_in_one_process_registers_optimizers_once():
+    import mmengine._strategy.deepspeed as ms_deepspeed
+
+    compat.register_deepspeed_optimizers_once()
+    first = ms_deepspeed.register_deepspeed_optimizers()
+    second = ms_deepspeed.register_deepspeed_optimizers()  # KeyError without the fix
+    assert first == second and "DeepSpeedCPUAdam" in first

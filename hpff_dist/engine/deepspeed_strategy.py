@@ -31,7 +31,7 @@ from mmengine.logging import print_log
 from mmengine.optim import BaseOptimWrapper
 from torch import nn
 
-from hpff_dist.engine import _ds_compat
+from hpff_dist import compat
 from hpff_dist.engine.backward import LossBackward
 from hpff_dist.engine.launchers import check_launcher, enable, resolve_backend
 from hpff_dist.registry import MODEL_WRAPPERS, OPTIM_WRAPPERS, STRATEGIES
@@ -45,7 +45,7 @@ try:  # mmengine's module imports deepspeed; keep the package importable without
 except ImportError:  # pragma: no cover - deepspeed is pinned in requirements
     DeepSpeedOptimWrapper = DeepSpeedStrategy = MMDeepSpeedEngineWrapper = object  # type: ignore
 else:
-    _ds_compat.apply()
+    compat.register_deepspeed_optimizers_once()
 
 __all__ = [
     "BatchConfigError",
