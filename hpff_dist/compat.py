@@ -189,7 +189,14 @@ def register_deepspeed_optimizers_once() -> None:
 
     def register_once() -> list[str]:
         if not names:
-            names.extend(original())
+            try:
+                names.extend(original())
+            except KeyError:  # registered before this fix was applied: report what is there
+                from mmengine.registry import OPTIMIZERS
+
+                known = ("DeepSpeedCPUAdam", "FusedAdam", "FusedLamb", "OnebitAdam", "OnebitLamb",
+                         "ZeroOneAdam")  # fmt: skip
+                names.extend(n for n in known if n in OPTIMIZERS.module_dict)
         return list(names)
 
     register_once.__wrapped__ = original
