@@ -49,7 +49,8 @@ def prepare_config(cfg: Config) -> Config:
     strategy = cfg.get("strategy")
     if strategy is None and launcher == "none":
         return cfg
-    strategy = dict(strategy or dict(type=DEEPSPEED_STRATEGY))
+    strategy = dict(strategy or {})
+    strategy.setdefault("type", DEEPSPEED_STRATEGY)  # e.g. only `--cfg-options strategy.bf16...`
     name = _strategy_name(strategy)
     if name == "LocalDeepSpeedStrategy":
         strategy["type"] = DEEPSPEED_STRATEGY
