@@ -7,8 +7,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """In-process tests run single-threaded: their tensors are tiny, and on a 2-core machine
+    intra-op threads only fight each other (and the subprocesses other tests start)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def write_cifar10(root: Path, per_batch: int = 20, seed: int = 0) -> Path:

@@ -19,14 +19,6 @@ from hpff_dist.local.heads import (
 from hpff_dist.local.losses import supervised_contrastive_loss
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_reference_widths_are_reproduced():
     assert aux_conv_width(16) == (32, 2)
     assert aux_conv_width(32) == (64, 2)

@@ -13,14 +13,6 @@ from hpff_dist.local import (
 from hpff_dist.models.cifar_resnet import CifarResNet
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_hand_computed_graph():
     x = torch.randn(10, requires_grad=True)  # float32: 40 bytes per tensor
     with SavedTensorMeter() as meter:

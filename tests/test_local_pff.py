@@ -14,14 +14,6 @@ from hpff_dist.local.pff import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _inputs(channels=16, size=8, seed=0):
     g = torch.Generator().manual_seed(seed)
     feat = torch.randn(6, channels, size, size, generator=g, dtype=torch.float64)

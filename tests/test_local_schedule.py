@@ -17,15 +17,6 @@ from hpff_dist.models.cifar_resnet import CifarResNet
 BATCH, SIZE, CLASSES = 4, 16, 5
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: intra-op threads only add overhead (and stall on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make(spec, depth=14, arch=None, seed=0, size=SIZE) -> LocalLearner:
     torch.manual_seed(seed)
     net = CifarResNet(depth, num_classes=CLASSES)

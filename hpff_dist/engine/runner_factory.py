@@ -17,6 +17,7 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 from mmengine.runner import FlexibleRunner, Runner
 
+from hpff_dist.data.loader_builder import materialize_dataloaders
 from hpff_dist.engine.deepspeed_strategy import per_device_batch
 from hpff_dist.engine.launchers import dist_env
 
@@ -89,6 +90,7 @@ def build_runner(cfg: Config) -> Runner | FlexibleRunner:
     strategy (any distributed launcher, or a ``strategy`` key). ``cfg.launcher`` is one of
     ``none``, ``pytorch``, ``slurm``; ``cfg.resume=True`` with ``load_from=None`` resumes from
     the latest checkpoint in ``work_dir``."""
+    materialize_dataloaders(cfg)  # loaders that are not torch Datasets (DALI) become objects
     cfg = prepare_config(cfg)
     if cfg.get("strategy") is None:
         return Runner.from_cfg(cfg)

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from hpff_dist.local.network import block_id_table
+from hpff_dist.models.block_network import StagedBlockNetwork
 
 
 class BasicBlock(nn.Module):
@@ -48,7 +48,7 @@ class ClassifierHead(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(StagedBlockNetwork):
     """Stem (3x3 conv, BN, ReLU) + 3 stages of ``BasicBlock`` + pooled linear head."""
 
     def __init__(
@@ -92,23 +92,6 @@ class CifarResNet(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-
-    @property
-    def block_ids(self) -> list[tuple[int, int]]:
-        return block_id_table(self.stage_depths)
-
-    @property
-    def block_channels(self) -> list[int]:
-        return list(self._block_channels)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        x = self.stem(x)
-        for block in self.blocks:
-            x = block(x)
-        return x
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.forward_features(x))
 
 
 def resnet32(**kwargs) -> CifarResNet:

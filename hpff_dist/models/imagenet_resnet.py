@@ -24,7 +24,7 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models import ResNet
 
-from hpff_dist.local.network import block_id_table
+from hpff_dist.models.block_network import StagedBlockNetwork
 from hpff_dist.registry import MODELS
 
 #: The paper's ImageNet nets; any other torchvision ResNet/ResNeXt/Wide-ResNet name works too.
@@ -39,7 +39,7 @@ def _block_out_channels(block: nn.Module) -> int:
 
 
 @MODELS.register_module()
-class TorchvisionResNet(nn.Module):
+class TorchvisionResNet(StagedBlockNetwork):
     """A torchvision ResNet/ResNeXt regrouped as a ``BlockNetwork``.
 
     Args:
@@ -84,23 +84,6 @@ class TorchvisionResNet(nn.Module):
             OrderedDict(avgpool=model.avgpool, flatten=nn.Flatten(1), fc=model.fc)
         )
         self._block_channels = [_block_out_channels(b) for b in self.blocks]
-
-    @property
-    def block_ids(self) -> list[tuple[int, int]]:
-        return block_id_table(self.stage_depths)
-
-    @property
-    def block_channels(self) -> list[int]:
-        return list(self._block_channels)
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        x = self.stem(x)
-        for block in self.blocks:
-            x = block(x)
-        return x
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.forward_features(x))
 
     def extra_repr(self) -> str:
         return f"arch={self.arch}, stage_depths={self.stage_depths}"

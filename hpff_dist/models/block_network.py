@@ -1,0 +1,38 @@
+"""Shared base of our backbones: ``stem -> blocks -> head`` with (stage, index) block ids.
+
+Backbones set ``stem``, ``blocks``, ``head``, ``stage_depths`` and ``_block_channels``; this class
+answers the rest of ``hpff_dist.local.network.BlockNetwork`` the same way for all of them.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from hpff_dist.local.network import block_id_table
+
+
+class StagedBlockNetwork(nn.Module):
+    """Base for backbones made of stages of residual blocks, run stem -> blocks -> head."""
+
+    stem: nn.Module
+    blocks: nn.ModuleList
+    head: nn.Module
+    stage_depths: tuple[int, ...]
+    _block_channels: list[int]
+
+    @property
+    def block_ids(self) -> list[tuple[int, int]]:
+        return block_id_table(self.stage_depths)
+
+    @property
+    def block_channels(self) -> list[int]:
+        return list(self._block_channels)
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        x = self.stem(x)
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.forward_features(x))
