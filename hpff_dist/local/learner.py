@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from hpff_dist.local.backward import Backward, PlainBackward
@@ -20,6 +21,7 @@ from hpff_dist.local.heads import (
     ReconstructionHead,
     lambda_schedule,
 )
+from hpff_dist.local.imagenet_heads import BottleneckAuxHead, ProgressiveReconstructionHead
 from hpff_dist.local.module import LocalModule
 from hpff_dist.local.network import BlockNetwork
 from hpff_dist.local.pff import OfficialPatchDecoder, PatchFusedClassifier, PatchwiseReconstruction
@@ -54,6 +56,7 @@ class LocalLearner(nn.Module):
         self.image_size = (image_size, image_size) if isinstance(image_size, int) else image_size
         self.heads = nn.ModuleDict()
         self.local_modules: list[LocalModule] = []
+        self._feature_sizes: list[tuple[int, int]] | None = None
         if not spec.is_e2e and plan.num_modules > 1:
             self._build_modules()
             self._check_every_module_learns()
@@ -95,16 +98,40 @@ class LocalLearner(nn.Module):
         official = pff is not None and pff.variant == "official"
 
         def classifier() -> LocalHead:
-            head = ClassifierAuxHead(
-                width,
-                spec.aux_net,
-                self.num_classes,
-                spec.local_loss,
-                spec.widen,
-                spec.feature_dim,
-                spec.temperature,
-            )
+            head: ClassifierAuxHead | BottleneckAuxHead
+            if spec.aux_net == "bottleneck":
+                head = BottleneckAuxHead(
+                    width,
+                    self.num_classes,
+                    spec.local_loss,
+                    expand=spec.feature_dim,
+                    widen=spec.widen,
+                    feature_dim=spec.feature_dim,
+                    temperature=spec.temperature,
+                )
+            else:
+                head = ClassifierAuxHead(
+                    width,
+                    spec.aux_net,
+                    self.num_classes,
+                    spec.local_loss,
+                    spec.widen,
+                    spec.feature_dim,
+                    spec.temperature,
+                )
             return PatchFusedClassifier(head, pff.n) if paper else head
+
+        def decoder() -> LocalHead:
+            if spec.decoder == "progressive":
+                return ProgressiveReconstructionHead(
+                    width,
+                    self._feature_size(m),
+                    self._required_image_size(),
+                    self.image_channels,
+                    spec.decoder_width,
+                    widen=spec.widen,
+                )
+            return ReconstructionHead(width, self.image_channels, spec.widen)
 
         if kind == "classifier":
             return classifier()
@@ -114,11 +141,47 @@ class LocalLearner(nn.Module):
         recon: LocalHead | None = None
         if ixx != 0:
             if official:
-                recon = OfficialPatchDecoder(width, self.image_channels, spec.widen, pff.n)
+                recon = OfficialPatchDecoder(width, n=pff.n, make_decoder=decoder)
             else:
-                recon = ReconstructionHead(width, self.image_channels, spec.widen)
+                recon = decoder()
                 recon = PatchwiseReconstruction(recon, pff.n) if paper else recon
         return InfoProHead(recon, classifier() if ixy != 0 else None, ixx, ixy)
+
+    def _required_image_size(self) -> tuple[int, int]:
+        if self.image_size is None:
+            raise ValueError("decoder='progressive' needs image_size to size its upsampling")
+        return self.image_size
+
+    def _feature_size(self, m: int) -> tuple[int, int]:
+        """Spatial size of local module ``m``'s output at ``image_size``.
+
+        Found once by a no-grad forward of one blank image (BatchNorm in eval mode, so no
+        running statistic moves): backbones do not declare their strides, and the progressive
+        decoder's number of upsampling stages depends on them.
+        """
+        if self._feature_sizes is None:
+            h, w = self._required_image_size()
+            ref = next(self.net.parameters())
+            x = torch.zeros(1, self.image_channels, h, w, dtype=ref.dtype, device=ref.device)
+            modes = [(mod, mod.training) for mod in self.net.modules()]
+            self.net.eval()
+            sizes = []
+            try:
+                with torch.no_grad():
+                    x = self.net.stem(x)
+                    for block in self.net.blocks:
+                        x = block(x)
+                        if x.dim() != 4:
+                            raise ValueError(
+                                "decoder='progressive' needs (N, C, H, W) block outputs, got "
+                                f"shape {tuple(x.shape)}"
+                            )
+                        sizes.append((int(x.shape[-2]), int(x.shape[-1])))
+            finally:
+                for mod, training in modes:
+                    mod.training = training
+            self._feature_sizes = sizes
+        return self._feature_sizes[self.plan.modules[m][-1]]
 
     def _check_every_module_learns(self) -> None:
         mods = self.local_modules
@@ -138,7 +201,8 @@ class LocalLearner(nn.Module):
     def needs_image(self) -> bool:
         """Whether ``train_step_losses`` needs the restored image (a reconstruction head)."""
         return any(
-            isinstance(m, (ReconstructionHead, OfficialPatchDecoder)) for m in self.heads.modules()
+            isinstance(m, (ReconstructionHead, ProgressiveReconstructionHead, OfficialPatchDecoder))
+            for m in self.heads.modules()
         )
 
     def forward(self, images: Tensor) -> Tensor:

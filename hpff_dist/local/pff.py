@@ -16,7 +16,7 @@ patch, BCE losses summed, all held in one graph (no memory saving); classifiers 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -30,6 +30,7 @@ from hpff_dist.local.heads import (
     ReconstructionHead,
     _detached,
 )
+from hpff_dist.local.imagenet_heads import BottleneckAuxHead
 
 PFF_VARIANTS = ("paper", "official")
 
@@ -61,9 +62,12 @@ def frozen_running_stats(module: nn.Module) -> Iterator[None]:
 
 
 class PatchFusedClassifier(LocalHead):
-    """Paper PFF around a classifier / contrast head: loss of the patch-averaged output."""
+    """Paper PFF around a classifier / contrast head: loss of the patch-averaged output.
 
-    def __init__(self, inner: ClassifierAuxHead, n: int = 2) -> None:
+    ``inner`` needs ``net`` (feature -> outputs), ``criterion`` and ``loss_mode``.
+    """
+
+    def __init__(self, inner: ClassifierAuxHead | BottleneckAuxHead, n: int = 2) -> None:
         super().__init__()
         self.inner = inner
         self.n = n
@@ -85,9 +89,9 @@ class PatchFusedClassifier(LocalHead):
         weight: float,
         backward: Backward,
     ) -> HeadOutput:
+        if self._batchable(feature):
+            return self._accumulate_pooled(feature, targets, weight, backward)
         patches = split_patches(feature, self.n)
-        if self._batchable(patches):
-            return self._accumulate_batched(patches, targets, weight, backward)
         with torch.no_grad(), frozen_running_stats(self.inner):
             mean_out = sum(self.inner.net(p) for p in patches) / len(patches)
         # float32 cotangent under AMP: true-size gradients may underflow in float16.
@@ -102,33 +106,40 @@ class PatchFusedClassifier(LocalHead):
             backward((self.inner.net(p) * cotangent).sum())
         return _detached(out)
 
+    def _batchable(self, feature: Tensor) -> bool:
+        """Whether the patches can go through the head in one pass at no memory cost.
 
-    def _batchable(self, patches: list[Tensor]) -> bool:
-        """Whether all patches can go through the head as one batch at no memory cost.
-
-        A head with no convolution and no BatchNorm (``0cXf``: pool + MLP) treats every sample
-        on its own and saves only pooled vectors for backward, so stacking the patches along the
-        batch axis gives the same outputs and gradients in one pass instead of 2 n^2 small ones.
+        A head that starts with a global average pool and has no convolution or BatchNorm
+        (``0cXf``: pool + MLP) treats every sample on its own, and the patches' pooled vectors
+        are exactly the cells of an n x n average pool of the whole map (when n divides it).
+        So one pooled pass replaces 2 n^2 small ones, with the same outputs and gradients.
         """
-        coupled = (nn.Conv2d, nn.modules.batchnorm._BatchNorm)
-        if any(isinstance(m, coupled) for m in self.inner.net.modules()):
+        net = self.inner.net
+        if any(isinstance(m, (nn.Conv2d, nn.modules.batchnorm._BatchNorm)) for m in net.modules()):
             return False
-        return len({tuple(p.shape) for p in patches}) == 1
+        pool_first = isinstance(net[0], nn.AdaptiveAvgPool2d) and net[0].output_size in (1, (1, 1))
+        h, w = feature.shape[-2:]
+        return pool_first and h % self.n == 0 and w % self.n == 0
 
-    def _accumulate_batched(
-        self, patches: list[Tensor], targets: Tensor, weight: float, backward: Backward
+    def _accumulate_pooled(
+        self, feature: Tensor, targets: Tensor, weight: float, backward: Backward
     ) -> HeadOutput:
-        outputs = self.inner.net(torch.cat(patches, 0))
-        mean_out = outputs.view(len(patches), patches[0].shape[0], -1).mean(0)
+        n, batch = self.n, feature.shape[0]
+        pooled = nn.functional.adaptive_avg_pool2d(feature, n)  # (B, C, n, n): patch means
+        outputs = self.inner.net(pooled.permute(2, 3, 0, 1).reshape(n * n * batch, -1, 1, 1))
+        mean_out = outputs.view(n * n, batch, -1).mean(0)
         out = self._fused(mean_out, targets)
         backward(out.loss * weight)
         return _detached(out)
 
 
 class PatchwiseReconstruction(LocalHead):
-    """Paper PFF around a decoder: each feature patch reconstructs its image patch; mean BCE."""
+    """Paper PFF around a decoder: each feature patch reconstructs its image patch; mean BCE.
 
-    def __init__(self, inner: ReconstructionHead, n: int = 2) -> None:
+    ``inner`` is any reconstruction ``LocalHead`` (interpolating or progressive decoder).
+    """
+
+    def __init__(self, inner: LocalHead, n: int = 2) -> None:
         super().__init__()
         self.inner = inner
         self.n = n
@@ -161,16 +172,28 @@ class PatchwiseReconstruction(LocalHead):
 
 
 class OfficialPatchDecoder(LocalHead):
-    """The reference code's CIFAR 'PFF': n*n decoders, one per patch, BCE summed, one graph."""
+    """The reference code's CIFAR 'PFF': n*n decoders, one per patch, BCE summed, one graph.
+
+    ``make_decoder`` builds each decoder (default: ``ReconstructionHead``), so the variant can
+    be compared with any decoder type.
+    """
 
     def __init__(
-        self, in_channels: int, image_channels: int = 3, widen: float = 1.0, n: int = 2
+        self,
+        in_channels: int,
+        image_channels: int = 3,
+        widen: float = 1.0,
+        n: int = 2,
+        make_decoder: Callable[[], LocalHead] | None = None,
     ) -> None:
         super().__init__()
         self.n = n
-        self.decoders = nn.ModuleList(
-            ReconstructionHead(in_channels, image_channels, widen) for _ in range(n * n)
-        )
+        if make_decoder is None:
+
+            def make_decoder() -> LocalHead:
+                return ReconstructionHead(in_channels, image_channels, widen)
+
+        self.decoders = nn.ModuleList(make_decoder() for _ in range(n * n))
 
     def forward(self, feature: Tensor, targets: Tensor, image: Tensor | None = None) -> HeadOutput:
         if image is None:

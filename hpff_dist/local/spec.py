@@ -19,6 +19,8 @@ LEVELS = ("independent", "cascade")
 FIRST_MODULE = ("cascade_only", "independent", "both")
 LAST_MODULE = ("both", "independent", "cascade")
 SCHEDULES = ("one_forward", "reference")
+NAMED_AUX_NETS = ("bottleneck",)
+DECODERS = ("interpolate", "progressive")
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,11 @@ class LocalSpec:
     net's real classifier trains the last module (the reference: ``'both'``).
     ``ixx_*``/``ixy_*``: InfoPro's lambda_1/lambda_2 at the first and last local module.
     ``schedule``: ``'one_forward'`` (ours) or ``'reference'`` (the reference's three paths).
+    ``aux_net``: ``'<a>c<b>f'`` (CIFAR-style ``ClassifierAuxHead``) or ``'bottleneck'``
+    (``BottleneckAuxHead``: 1x1 reduce, two stride-2 3x3 convs, 1x1 expand to ``feature_dim``).
+    ``decoder``: InfoPro's decoder, ``'interpolate'`` (``ReconstructionHead``: upsample the
+    full feature, then convs; CIFAR) or ``'progressive'`` (``ProgressiveReconstructionHead``:
+    1x1 reduce to ``decoder_width``, then x2 upsampling stages; ImageNet).
     """
 
     method: str
@@ -73,6 +80,8 @@ class LocalSpec:
     ixy_2: float = 0.0
     pff: PFFSpec | None = None
     schedule: str = "one_forward"
+    decoder: str = "interpolate"
+    decoder_width: int = 128
 
     def __post_init__(self) -> None:
         _check("method", self.method, METHODS)
@@ -82,7 +91,14 @@ class LocalSpec:
         _check("first_module", self.first_module, FIRST_MODULE)
         _check("last_module", self.last_module, LAST_MODULE)
         _check("schedule", self.schedule, SCHEDULES)
-        parse_aux_net(self.aux_net)
+        _check("decoder", self.decoder, DECODERS)
+        if self.aux_net not in NAMED_AUX_NETS:
+            try:
+                parse_aux_net(self.aux_net)
+            except ValueError as err:
+                raise ValueError(f"{err}, or one of {NAMED_AUX_NETS}") from None
+        if self.decoder_width < 1:
+            raise ValueError(f"decoder_width must be >= 1, got {self.decoder_width}")
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
         if self.method != "e2e" and self.w_ind == 0 and self.w_cas == 0:
