@@ -139,3 +139,15 @@ def test_official_decoder_is_four_decoders_summed():
     _assert_close(
         _patchwise(head, feat, targets, image, 2.0), _at_once(head, feat, targets, image, 2.0)
     )
+
+
+@pytest.mark.parametrize(("size", "n"), [(8, 2), (9, 3), (7, 2)])  # pooled, pooled, patch-wise
+def test_pool_first_heads_take_the_one_pass_path_exactly(size, n):
+    torch.manual_seed(0)
+    head = PatchFusedClassifier(ClassifierAuxHead(16, "0c2f", 3, feature_dim=8), n).double()
+    feat = torch.randn(4, 16, size, size, dtype=torch.float64)
+    targets = torch.tensor([0, 1, 2, 1])
+    assert head._batchable(feat) == (size % n == 0)
+    _assert_close(
+        _patchwise(head, feat, targets, None, 0.7), _at_once(head, feat, targets, None, 0.7)
+    )

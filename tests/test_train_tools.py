@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs/fashion_mnist/resnet32_e2e.py"
 
@@ -78,3 +80,35 @@ def test_train_tool_rejects_typo_in_overrides(tmp_path):
     )
     assert out.returncode != 0
     assert "did you mean 'train_cfg'" in out.stderr
+
+
+@pytest.mark.parametrize("method", ["k16_dgl", "k16_infopro", "k16_dgl_hpff", "k16_infopro_hpff"])
+def test_every_method_trains_and_tests_through_the_tools(tmp_path, method):
+    config = REPO / f"configs/fashion_mnist/resnet32_{method}.py"
+    work = tmp_path / "work"
+    subset = [
+        "train_dataloader.dataset.subset=64",
+        "train_dataloader.batch_size=32",
+        "val_dataloader.dataset.subset=50",
+        "test_dataloader.dataset.subset=50",
+        "train_cfg.max_epochs=1",
+        "default_hooks.logger.interval=1",
+    ]
+    _run(["tools/train.py", str(config), "--work-dir", str(work), "--cfg-options", *subset])
+    log = "\n".join(p.read_text() for p in work.rglob("*.log"))
+    assert "loss_cas:" in log and "loss_ind:" in log
+    result = tmp_path / "results.json"
+    _run(
+        [
+            "tools/test.py",
+            str(config),
+            str(work / "epoch_1.pth"),
+            "--out",
+            str(result),
+            "--work-dir",
+            str(tmp_path / "t"),
+            "--cfg-options",
+            "test_dataloader.dataset.subset=50",
+        ]
+    )
+    assert 0.0 <= json.loads(result.read_text())["top1"] <= 100.0
