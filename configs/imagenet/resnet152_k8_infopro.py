@@ -11,8 +11,10 @@ model = dict(
     method=dict(
         method="infopro",
         k=8,
-        aux_net="1c2f",  # closest expressible to the reference aux classifier (see docs/imagenet.md)
-        feature_dim=2048,
+        aux_net="bottleneck",  # reference ImageNet aux net: 1x1 reduce, 2 strided 3x3, 1x1 expand
+        feature_dim=2048,  # the bottleneck's expand width (reference: 2048)
+        decoder="progressive",  # 1x1 reduce to decoder_width, then x2 upsampling stages
+        decoder_width=128,
         ixx_1=5.0,  # reference ImageNet: lambda_1 = 5, lambda_2 = 0.75 on every local module
         ixy_1=0.75,
         ixx_2=5.0,
