@@ -16,6 +16,7 @@ from hpff_dist.local.heads import (
     lambda_schedule,
     restore_image,
 )
+from hpff_dist.local.imagenet_heads import BottleneckAuxHead, ProgressiveReconstructionHead
 from hpff_dist.local.learner import LocalLearner, build_local_learner
 from hpff_dist.local.losses import supervised_contrastive_loss
 from hpff_dist.local.memory import SavedTensorMeter, aux_peak_saved_bytes, memory_region
@@ -35,6 +36,7 @@ __all__ = [
     "Backward", "PlainBackward", "ScaledBackward",
     "ClassifierAuxHead", "HeadOutput", "InfoProHead", "LocalHead", "NetHead",
     "ReconstructionHead", "aux_conv_width", "lambda_schedule", "restore_image",
+    "BottleneckAuxHead", "ProgressiveReconstructionHead",
     "LocalLearner", "build_local_learner", "supervised_contrastive_loss",
     "SavedTensorMeter", "aux_peak_saved_bytes", "memory_region", "LocalModule",
     "BlockNetwork", "block_id_table",
