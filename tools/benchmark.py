@@ -97,7 +97,7 @@ def plot(results: list[dict], out_dir: str) -> list[str]:
 
 
 def _label(r: dict) -> str:
-    extra = ",".join(f"{k.split('.')[-1]}={v}" for k, v in r["overrides"].items())
+    extra = "\n".join(f"{k.split('.')[-1]}={v}" for k, v in r["overrides"].items())
     base = f"{r['method']} K={r['k']}"
     return f"{base}\n{extra}" if extra else base
 
