@@ -37,7 +37,7 @@ def test_short_training_beats_chance_then_test_tool_reproduces_it(tmp_path):
     assert metrics["top1"] > 30.0, metrics  # chance is 10%; 2 short epochs reach ~40%
     assert "| top1" in out.stdout  # the printed table
     log = "\n".join(p.read_text() for p in work.rglob("*.log"))
-    for field in ("eta:", "loss:", "lr:", "img_per_s:", "rss_mb:"):
+    for field in ("eta:", "loss_e2e:", "lr:", "img_per_s:", "rss_mb:"):
         assert field in log, field
 
     ckpt = work / "epoch_2.pth"

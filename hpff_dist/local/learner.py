@@ -243,5 +243,6 @@ def build_local_learner(
     (the published table for ``arch`` and K, else balanced) and build the learner."""
     spec = build_spec(spec)
     k = 1 if spec.is_e2e else spec.k
-    plan = build_split_plan(arch, k, net.block_ids)
+    # One module needs no table: E2E works on any depth, whatever `arch` names.
+    plan = build_split_plan(arch if k > 1 else None, k, net.block_ids)
     return LocalLearner(net, spec, plan, num_classes, image_channels, image_size)
