@@ -47,10 +47,20 @@ train: venv
 
 compare: venv
 	$(PY) tools/compare.py $(foreach m,$(FMNIST_METHODS),configs/fashion_mnist/resnet32_$(m).py) \
-	  --work-root work_dirs/compare --cfg-options train_cfg.max_epochs=1
+	  --work-root work_dirs/compare --cfg-options train_cfg.max_epochs=1 \
+	  train_dataloader.dataset.subset=20000 model.method.aux_net=0c2f
 
 test: venv
 	$(PY) -m pytest -q tests
+
+# Step time and activation memory of the CIFAR ResNet-32 K=16 methods (docs/benchmarks.md).
+C10 := configs/cifar10
+benchmark: venv
+	$(PY) tools/benchmark.py $(C10)/resnet32_e2e.py $(C10)/resnet32_k16_dgl.py \
+	  $(C10)/resnet32_k16_infopro.py $(C10)/resnet32_k16_dgl_hpff.py \
+	  $(C10)/resnet32_k16_infopro_hpff.py \
+	  "$(C10)/resnet32_k16_infopro_hpff.py+model.method.schedule=reference" \
+	  --batch-size 128 --out work_dirs/benchmark/bench.json
 
 lint: venv
 	$(VENV)/bin/ruff check .
