@@ -125,7 +125,7 @@ def test_paper_augmentations_shape(cifar10_root, stl10_root):
 def test_missing_dataset_folder_says_what_to_put_where(tmp_path, name):
     with pytest.raises(FileNotFoundError, match="not found under data root") as err:
         DATASETS.build(dict(type=name, root=str(tmp_path / "empty"), split="train"))
-    assert "train_dataloader.dataset.root" in str(err.value)
+    assert "--data-root" in str(err.value)
 
 
 def test_corrupted_download_is_caught_by_checksums(cifar10_root):
@@ -137,3 +137,14 @@ def test_corrupted_download_is_caught_by_checksums(cifar10_root):
 def test_every_experiment_config_loads(path):
     cfg = load_config(str(path))
     assert "model" in cfg and "train_dataloader" in cfg
+
+
+@pytest.mark.parametrize(
+    ("config", "where"),
+    [("configs/cifar10/resnet32_e2e.py", "dataset"), ("configs/imagenet/resnet101_e2e.py", None)],
+)
+def test_data_root_reaches_all_three_loaders(config, where):
+    cfg = load_config(str(REPO / config), data_root="/data/here")
+    for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        loader = cfg[key]
+        assert (loader[where] if where else loader)["root"] == "/data/here", key

@@ -378,3 +378,14 @@ def test_images_are_decodable_jpeg_bytes(shards):
     """Guard for the fixtures: the shards really contain JPEGs (not re-encoded/other formats)."""
     sample = next(iter(wds.WebDataset(find_split(shards, "val").tars[:1], shardshuffle=False)))
     assert Image.open(io.BytesIO(sample["jpg"])).format == "JPEG"
+
+
+def test_a_batch_of_only_bad_samples_stops_with_a_clear_error():
+    from hpff_dist.data.imagenet.collate import SkipBadCollate
+    from hpff_dist.data.imagenet.errors import BadSampleError
+
+    good = (torch.zeros(3, 4, 4), 1)
+    images, labels = SkipBadCollate()([None, good, None])
+    assert images.shape == (1, 3, 4, 4) and labels.tolist() == [1]
+    with pytest.raises(BadSampleError, match="all 2 samples of a batch were bad"):
+        SkipBadCollate()([None, None])

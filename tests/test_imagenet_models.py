@@ -125,6 +125,13 @@ def test_materialize_replaces_only_typed_loader_dicts(tmp_path):
     assert cfg.train_dataloader is loader
 
 
+def test_materialize_shares_one_loader_between_equal_val_and_test(tmp_path):
+    spec = dict(type="DaliImageNetLoader", root=str(tmp_path), split="val", batch_size=4)
+    cfg = Config(dict(train_dataloader=None, val_dataloader=dict(spec), test_dataloader=dict(spec)))
+    materialize_dataloaders(cfg)
+    assert cfg.val_dataloader is cfg.test_dataloader  # one DALI pipeline, not two
+
+
 # --- 2-iteration training from each backend, through the real experiment config --------------------
 
 
@@ -212,7 +219,6 @@ def _experiment_config(backend: str, root: Path, work_dir: Path) -> Config:
         else:
             options.update({f"{loader}.dataset.root": str(root),
                             f"{loader}.dataset.image_size": SIZE,
-                            f"{loader}.collate_fn.image_size": SIZE,
                             f"{loader}.batch_size": batch, f"{loader}.num_workers": 0,
                             f"{loader}.persistent_workers": False,
                             f"{loader}.pin_memory": False})

@@ -282,6 +282,8 @@ def test_step_output_and_eval_forward():
     images, targets, restored = batch()
     out = learner.train_step_losses(images, targets, restored)
     assert set(out.losses) == {"loss_ind", "loss_cas", "ce_last"}
+    dgl_out = make(dict(method="dgl", k=4)).train_step_losses(images, targets, restored)
+    assert set(dgl_out.losses) == {"loss_ind", "ce_last"}  # no cascade level: not logged
     assert all(not v.requires_grad for v in out.losses.values())
     assert out.logits.shape == (BATCH, CLASSES) and not out.logits.requires_grad
     learner.eval()

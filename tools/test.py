@@ -15,6 +15,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("checkpoint")
     p.add_argument("--out", help="write the metrics as JSON here")
     p.add_argument("--work-dir")
+    p.add_argument("--data-root", help="dataset folder for the train, val and test loaders")
     p.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
     p.add_argument("--cfg-options", nargs="+", action=DictAction)
     return p.parse_args()
@@ -28,10 +29,13 @@ def main() -> None:
 
     if not os.path.isfile(args.checkpoint):
         raise FileNotFoundError(f"checkpoint {args.checkpoint!r} does not exist")
-    cfg = load_config(args.config, args.cfg_options, args.work_dir)
+    cfg = load_config(args.config, args.cfg_options, args.work_dir, args.data_root)
     cfg.launcher = args.launcher
     cfg.load_from, cfg.resume = args.checkpoint, False
-    metrics = build_runner(cfg).test()
+    runner = build_runner(cfg)
+    metrics = runner.test()
+    if runner.rank != 0:  # metrics are gathered on every rank; one writer is enough
+        return
     print_metrics_table(metrics, title=f"{os.path.basename(args.checkpoint)}")
     if args.out:
         with open(args.out, "w") as f:

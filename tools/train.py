@@ -19,6 +19,7 @@ def parse_args() -> argparse.Namespace:
         const="auto",
         help="resume from a checkpoint; with no value, the latest one in the work dir",
     )
+    p.add_argument("--data-root", help="dataset folder for the train, val and test loaders")
     p.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
     p.add_argument("--cfg-options", nargs="+", action=DictAction, help="key=value overrides")
     p.add_argument("--no-test", action="store_true", help="skip the final test-set evaluation")
@@ -31,7 +32,7 @@ def main() -> None:
     from hpff_dist.engine.reporting import print_metrics_table
     from hpff_dist.engine.runner_factory import build_runner
 
-    cfg = load_config(args.config, args.cfg_options, args.work_dir)
+    cfg = load_config(args.config, args.cfg_options, args.work_dir, args.data_root)
     cfg.launcher = args.launcher
     if args.resume == "auto":
         cfg.resume, cfg.load_from = True, None

@@ -135,9 +135,10 @@ def materialize_dataloaders(cfg: MutableMapping[str, Any]) -> None:
     our loader objects (``DATA_LOADERS``) by that object. Plain mmengine dataloader dicts
     (``dataset``/``sampler``/``collate_fn``, no ``type``) and ``None`` are left alone.
 
-    A ``test_dataloader`` that is the same dict as ``val_dataloader`` gets the same object.
+    A ``test_dataloader`` equal to ``val_dataloader`` (``test_dataloader = val_dataloader`` in
+    a config; loading copies it) gets the same object, so one DALI pipeline serves both.
     """
-    built: dict[int, Any] = {}
+    built: list[tuple[MutableMapping, Any]] = []
     for key in LOADER_KEYS:
         value = cfg.get(key)
         if not isinstance(value, MutableMapping):
@@ -145,10 +146,10 @@ def materialize_dataloaders(cfg: MutableMapping[str, Any]) -> None:
         name = value.get("type")
         if not isinstance(name, str) or DATA_LOADERS.get(name) is None:
             continue
-        ident = id(value)
-        if ident not in built:
-            built[ident] = build_loader(value)
-        cfg[key] = built[ident]
+        same = [obj for spec, obj in built if spec == value]
+        if not same:
+            built.append((dict(value), build_loader(value)))
+        cfg[key] = same[0] if same else built[-1][1]
 
 
 __all__ = ["DATA_LOADERS", "LazyDaliDataLoader", "build_loader", "materialize_dataloaders"]

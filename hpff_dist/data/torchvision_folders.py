@@ -40,8 +40,7 @@ class _TorchvisionFolder(Dataset):
         if missing:
             raise FileNotFoundError(
                 f"{type(self).__name__}: {missing} not found under data root {root!r}. "
-                f"{self.where} Set the root with --cfg-options "
-                "train_dataloader.dataset.root=/path (and val/test_dataloader)."
+                f"{self.where} Point the tools at it with --data-root /path."
             )
         self.root, self.split = root, split
         self.verify_checksums = verify_checksums

@@ -12,6 +12,8 @@ from collections.abc import Iterable
 
 from mmengine.config import Config, DictAction
 
+from hpff_dist.data.loader_builder import LOADER_KEYS
+
 __all__ = ["KNOWN_KEYS", "DictAction", "load_config", "check_keys"]
 
 #: keys mmengine's Runner/FlexibleRunner read, plus the helper variables our base configs use.
@@ -47,8 +49,28 @@ def check_keys(keys: Iterable[str], source: str) -> None:
     )
 
 
-def load_config(path: str, cfg_options: dict | None = None, work_dir: str | None = None) -> Config:
-    """Read a config file, apply overrides, fill ``work_dir`` and the model's normalisation."""
+def set_data_root(cfg: Config, root: str) -> None:
+    """Point every loader at ``root`` (``dataset.root``, or ``root`` for loaders that are not
+    torch datasets, e.g. DALI). Base configs resolve ``data_root`` when they are read, so
+    overriding that variable alone would leave the loaders where they were."""
+    for key in LOADER_KEYS:
+        loader = cfg.get(key)
+        if not loader:
+            continue
+        target = loader.get("dataset") if "dataset" in loader else loader
+        if target is None or "root" not in target:
+            raise KeyError(f"{key} has no dataset root to set; set it with --cfg-options")
+        target["root"] = root
+
+
+def load_config(
+    path: str,
+    cfg_options: dict | None = None,
+    work_dir: str | None = None,
+    data_root: str | None = None,
+) -> Config:
+    """Read a config file, apply overrides and ``data_root``, fill ``work_dir`` and the
+    model's normalisation."""
     if not osp.isfile(path):
         raise FileNotFoundError(f"config file {path!r} does not exist")
     cfg = Config.fromfile(path)
@@ -56,6 +78,8 @@ def load_config(path: str, cfg_options: dict | None = None, work_dir: str | None
     if cfg_options:
         check_keys({k.split(".")[0] for k in cfg_options}, "--cfg-options")
         cfg.merge_from_dict(cfg_options)
+    if data_root is not None:
+        set_data_root(cfg, data_root)
     if work_dir is not None:
         cfg.work_dir = work_dir
     elif cfg.get("work_dir") is None:

@@ -60,11 +60,13 @@ class _Totals:
             self.ce_last = loss
             self.logits = out.logits.detach()
 
-    def result(self, device: torch.device) -> StepOutput:
-        def as_tensor(v: Tensor | float) -> Tensor:
-            return v if isinstance(v, Tensor) else torch.tensor(float(v), device=device)
-
-        losses = {"loss_ind": as_tensor(self.ind), "loss_cas": as_tensor(self.cas)}
+    def result(self) -> StepOutput:
+        # A level no module uses (the cascade in DGL/InfoPro) is not logged as a constant 0.
+        losses = {
+            k: v
+            for k, v in (("loss_ind", self.ind), ("loss_cas", self.cas))
+            if isinstance(v, Tensor)
+        }
         if self.ce_last is not None:
             losses["ce_last"] = self.ce_last
         return StepOutput(losses, self.logits, self.per_module)
@@ -177,7 +179,7 @@ def one_forward_step(
         pending = _Pending(a, cotangent)
         x = a
     _finish(pending, backward)
-    return totals.result(images.device)
+    return totals.result()
 
 
 def reference_step(
@@ -216,7 +218,7 @@ def reference_step(
             backward(loss)
         prev_in = x_in.detach()
         x_in = x_out.detach()
-    return totals.result(images.device)
+    return totals.result()
 
 
 SCHEDULE_FUNCTIONS = {"one_forward": one_forward_step, "reference": reference_step}

@@ -84,6 +84,15 @@ class LocalClassifier(BaseModel):
         raise ValueError(f"unknown mode {mode!r}: use 'tensor', 'predict' or 'loss'")
 
     def train_step(self, data, optim_wrapper) -> dict[str, Tensor]:
+        counts = getattr(optim_wrapper, "_accumulative_counts", 1)
+        if counts != 1 and getattr(optim_wrapper, "loss_backward", None) is None:
+            # mmengine's OptimWrapper counts backward calls, not steps, and ``step()`` ignores
+            # the count: with several backward calls per step accumulation would be wrong.
+            raise ValueError(
+                f"optim_wrapper.accumulative_counts={counts} is not supported by the single-process "
+                "local-learning step; use strategy=dict(type='LocalDeepSpeedStrategy', "
+                "gradient_accumulation_steps=N) or a larger batch"
+            )
         backward = loss_backward(optim_wrapper)
         with optim_wrapper.optim_context(self):
             batch = self.data_preprocessor(data, True)

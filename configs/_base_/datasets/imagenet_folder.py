@@ -16,7 +16,7 @@ train_dataloader = dict(
     persistent_workers=True,
     pin_memory=True,
     sampler=dict(type="DefaultSampler", shuffle=True),
-    collate_fn=dict(type="hpff_dist.imagenet_skip_bad_collate", image_size=image_size),
+    collate_fn=dict(type="hpff_dist.imagenet_skip_bad_collate"),
     dataset=dict(
         type="ImageNetFolder",
         root=data_root,
@@ -32,7 +32,7 @@ val_dataloader = dict(
     persistent_workers=True,
     pin_memory=True,
     sampler=dict(type="DefaultSampler", shuffle=False),
-    collate_fn=dict(type="hpff_dist.imagenet_skip_bad_collate", image_size=image_size),
+    collate_fn=dict(type="hpff_dist.imagenet_skip_bad_collate"),
     dataset=dict(
         type="ImageNetFolder", root=data_root, split="val", image_size=image_size, normalize=False
     ),

@@ -77,7 +77,7 @@ def build_imagenet_dataloader(
         batch_size=batch_size,
         sampler=sampler,
         num_workers=num_workers,
-        collate_fn=SkipBadCollate(image_size),
+        collate_fn=SkipBadCollate(),
         drop_last=drop_last,
         pin_memory=_cuda_available() if pin_memory is None else pin_memory,
         persistent_workers=num_workers > 0,
