@@ -47,8 +47,9 @@ train: venv
 
 compare: venv
 	$(PY) tools/compare.py $(foreach m,$(FMNIST_METHODS),configs/fashion_mnist/resnet32_$(m).py) \
-	  --work-root work_dirs/compare --cfg-options train_cfg.max_epochs=1 \
-	  train_dataloader.dataset.subset=20000 model.method.aux_net=0c2f
+	  --work-root work_dirs/compare --cfg-options train_dataloader.dataset.subset=20000 \
+	  train_cfg.max_epochs=1 param_scheduler.1.end=1 param_scheduler.1.T_max=1 \
+	  model.method.aux_net=0c2f
 
 test: venv
 	$(PY) -m pytest -q tests

@@ -29,9 +29,13 @@ def input_shape(cfg: Config) -> tuple[int, int, int]:
 def measure_step(
     cfg: Config, batch_size: int, iters: int, warmup: int = 2, seed: int = 0
 ) -> dict[str, Any]:
-    """Median step time over ``iters`` after ``warmup`` steps, then one metered step."""
+    """Median step time over ``iters`` after ``warmup`` steps, then one metered step. On a GPU
+    node the model runs there and ``cuda_max_allocated_bytes`` is what the paper reports."""
+    if iters < 1:
+        raise ValueError(f"iters must be >= 1 to take a median, got {iters}")
     torch.manual_seed(seed)
-    model = MODELS.build(cfg.model)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = MODELS.build(cfg.model).to(device)
     model.train()
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
     c, h, w = input_shape(cfg)
@@ -41,8 +45,12 @@ def measure_step(
     for i in range(warmup + iters):
         start = time.perf_counter()
         model.train_step(data, optim_wrapper)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         if i >= warmup:
             times.append(time.perf_counter() - start)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     with SavedTensorMeter(ignore=model) as meter:
         model.train_step(data, optim_wrapper)
     learner = model.learner
@@ -61,4 +69,8 @@ def measure_step(
         # ru_maxrss is KiB on Linux: the whole process's peak, what a user sees.
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "threads": torch.get_num_threads(),
+        "device": device.type,
+        "cuda_max_allocated_bytes": (
+            torch.cuda.max_memory_allocated() if device.type == "cuda" else None
+        ),
     }
