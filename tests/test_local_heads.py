@@ -14,7 +14,6 @@ from hpff_dist.local.heads import (
     aux_conv_width,
     lambda_schedule,
     parse_aux_net,
-    restore_image,
 )
 from hpff_dist.local.losses import supervised_contrastive_loss
 
@@ -133,10 +132,3 @@ def test_lambda_schedule():
         (5 / 14 + 13 / 14, 0.5 / 14 + 13 / 14)
     )
     assert lambda_schedule(1, 2, 5, 0.5, 0, 0) == (5, 0.5)  # K <= 2: ratio 0
-
-
-def test_restore_image():
-    x = torch.rand(2, 3, 4, 4)
-    mean, std = [0.1, 0.2, 0.3], [0.5, 0.6, 0.7]
-    normalized = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
-    assert torch.allclose(restore_image(normalized, mean, std), x, atol=1e-6)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -55,13 +54,6 @@ class LocalHead(nn.Module):
 def _detached(out: HeadOutput) -> HeadOutput:
     logits = None if out.logits is None else out.logits.detach()
     return HeadOutput(out.loss.detach(), logits)
-
-
-def restore_image(images: Tensor, mean: Tensor | list[float], std: Tensor | list[float]) -> Tensor:
-    """Undo ``Normalize(mean, std)``: the reconstruction target of InfoPro's decoder."""
-    mean_t = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    std_t = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
-    return images * std_t + mean_t
 
 
 def aux_conv_width(in_channels: int, widen: float = 1.0) -> tuple[int, int]:
