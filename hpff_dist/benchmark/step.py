@@ -66,6 +66,8 @@ def measure_step(
         "step_times_s": times,
         "peak_saved_bytes": meter.peak_bytes,
         "aux_peak_saved_bytes": meter.region_peak_bytes.get("aux", 0),
+        # peak of the bytes saved outside the aux heads: the backbone's own share
+        "backbone_peak_saved_bytes": meter.region_peak_bytes.get("other", 0),
         # ru_maxrss is KiB on Linux: the whole process's peak, what a user sees.
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "threads": torch.get_num_threads(),
