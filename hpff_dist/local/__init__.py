@@ -7,6 +7,7 @@ Entry points: ``build_local_learner`` (net + spec dict -> ``LocalLearner``), ``b
 from hpff_dist.local.backward import Backward, PlainBackward, ScaledBackward
 from hpff_dist.local.heads import (
     ClassifierAuxHead,
+    ClassifierHeadBase,
     HeadOutput,
     InfoProHead,
     LocalHead,
@@ -36,6 +37,7 @@ __all__ = [
     "PlainBackward",
     "ScaledBackward",
     "ClassifierAuxHead",
+    "ClassifierHeadBase",
     "HeadOutput",
     "InfoProHead",
     "LocalHead",

@@ -80,7 +80,26 @@ def parse_aux_net(config: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-class ClassifierAuxHead(LocalHead):
+class ClassifierHeadBase(LocalHead):
+    """A head whose ``net`` maps a feature to logits (``loss_mode='cross_entropy'``) or to an
+    embedding (``'contrast'``, supervised contrastive at ``temperature``); PFF wraps these."""
+
+    net: nn.Module
+    loss_mode: str
+    temperature: float
+
+    def criterion(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        if self.loss_mode == "contrast":
+            return supervised_contrastive_loss(outputs, targets, self.temperature)
+        return F.cross_entropy(outputs, targets)
+
+    def forward(self, feature: Tensor, targets: Tensor, image: Tensor | None = None) -> HeadOutput:
+        outputs = self.net(feature)
+        logits = outputs if self.loss_mode == "cross_entropy" else None
+        return HeadOutput(self.criterion(outputs, targets), logits)
+
+
+class ClassifierAuxHead(ClassifierHeadBase):
     """DGL / InfoPro classifier head: ``a`` convs (+BN+ReLU), global pool, ``b`` linear layers.
 
     ``0c1f`` is greedy supervised learning (pool + linear). Hidden linear width is
@@ -128,16 +147,6 @@ class ClassifierAuxHead(LocalHead):
                 layers.append(nn.ReLU(inplace=True))
                 channels = hidden
         self.net = nn.Sequential(*layers)
-
-    def criterion(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        if self.loss_mode == "contrast":
-            return supervised_contrastive_loss(outputs, targets, self.temperature)
-        return F.cross_entropy(outputs, targets)
-
-    def forward(self, feature: Tensor, targets: Tensor, image: Tensor | None = None) -> HeadOutput:
-        outputs = self.net(feature)
-        logits = outputs if self.loss_mode == "cross_entropy" else None
-        return HeadOutput(self.criterion(outputs, targets), logits)
 
 
 class ReconstructionHead(LocalHead):

@@ -22,8 +22,7 @@ import math
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hpff_dist.local.heads import LOCAL_LOSSES, HeadOutput, LocalHead
-from hpff_dist.local.losses import supervised_contrastive_loss
+from hpff_dist.local.heads import LOCAL_LOSSES, ClassifierHeadBase, HeadOutput, LocalHead
 
 Size = tuple[int, int]
 
@@ -119,7 +118,7 @@ def bottleneck_widths(in_channels: int, widen: float = 1.0) -> tuple[int, int, i
     return tuple(max(1, int(w * widen)) for w in (r, mid, 2 * mid))  # type: ignore[return-value]
 
 
-class BottleneckAuxHead(LocalHead):
+class BottleneckAuxHead(ClassifierHeadBase):
     """Aux classifier: 1x1 reduce, 3x3 stride 2, 3x3 stride 2, 1x1 expand, pool, linear.
 
     Cheap on large maps: the 3x3 convs run on the reduced width and at 1/2 and 1/4 of the
@@ -156,13 +155,3 @@ class BottleneckAuxHead(LocalHead):
             nn.Flatten(),
             nn.Linear(expand, out_dim),
         )
-
-    def criterion(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        if self.loss_mode == "contrast":
-            return supervised_contrastive_loss(outputs, targets, self.temperature)
-        return F.cross_entropy(outputs, targets)
-
-    def forward(self, feature: Tensor, targets: Tensor, image: Tensor | None = None) -> HeadOutput:
-        outputs = self.net(feature)
-        logits = outputs if self.loss_mode == "cross_entropy" else None
-        return HeadOutput(self.criterion(outputs, targets), logits)

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from hpff_dist.local.backward import Backward, PlainBackward
 from hpff_dist.local.heads import (
     ClassifierAuxHead,
+    ClassifierHeadBase,
     InfoProHead,
     LocalHead,
     NetHead,
@@ -98,7 +99,7 @@ class LocalLearner(nn.Module):
         official = pff is not None and pff.variant == "official"
 
         def classifier() -> LocalHead:
-            head: ClassifierAuxHead | BottleneckAuxHead
+            head: ClassifierHeadBase
             if spec.aux_net == "bottleneck":
                 head = BottleneckAuxHead(
                     width,

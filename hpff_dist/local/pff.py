@@ -24,13 +24,12 @@ from torch import Tensor, nn
 
 from hpff_dist.local.backward import Backward
 from hpff_dist.local.heads import (
-    ClassifierAuxHead,
+    ClassifierHeadBase,
     HeadOutput,
     LocalHead,
     ReconstructionHead,
     _detached,
 )
-from hpff_dist.local.imagenet_heads import BottleneckAuxHead
 
 PFF_VARIANTS = ("paper", "official")
 
@@ -67,7 +66,7 @@ class PatchFusedClassifier(LocalHead):
     ``inner`` needs ``net`` (feature -> outputs), ``criterion`` and ``loss_mode``.
     """
 
-    def __init__(self, inner: ClassifierAuxHead | BottleneckAuxHead, n: int = 2) -> None:
+    def __init__(self, inner: ClassifierHeadBase, n: int = 2) -> None:
         super().__init__()
         self.inner = inner
         self.n = n
