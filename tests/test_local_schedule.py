@@ -8,6 +8,7 @@ uses only the net, the split plan and the heads' all-at-once ``forward``.
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from hpff_dist.local import PlainBackward, ScaledBackward, build_local_learner
 from hpff_dist.local.learner import LocalLearner
@@ -365,3 +366,38 @@ def test_deepcopy_keeps_modules_pointing_at_the_copied_layers():
     assert clone.local_modules[1].layers[0] is clone.net.blocks[clone.plan.modules[1][0]]
     assert clone.local_modules[-1].ind_head.classifier is clone.net.head
     assert clone.local_modules[1].ind_head is clone.heads["ind1"]
+
+
+class _CountInputGradients(TorchDispatchMode):
+    """Counts convolution backward calls that compute an input gradient."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.input_grads = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is torch.ops.aten.convolution_backward.default:
+            self.input_grads += bool(args[-1][0])  # output_mask = (input, weight, bias)
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("method,skipped", [("dgl_hpff", 3), ("infopro_hpff", 3), ("dgl", 0)])
+def test_tensor_vjp_skips_discarded_input_gradients_with_equal_results(method, skipped):
+    """With an engine that takes ``gradient=``/``inputs=`` (PlainBackward.vjp), a module's full
+    backward skips its first layer's input gradient; the surrogate-loss fallback (no ``vjp``)
+    computes it. Both give the same parameter gradients. (Without a cascade level a module's
+    input is not a gradient leaf at all, so DGL has nothing to skip.)"""
+    images, targets, restored = batch()
+    learner = make(dict(method=method, k=4, aux_net="1c2f"))
+    counts = {}
+    results = {}
+    for name, backward in (("vjp", PlainBackward()), ("surrogate", ScaledBackward(1.0))):
+        learner.zero_grad(set_to_none=True)
+        with _CountInputGradients() as mode:
+            learner.train_step_losses(images, targets, restored, backward)
+        counts[name], results[name] = mode.input_grads, grads(learner)
+    assert_same_grads(results["vjp"], results["surrogate"], tol=1e-12)
+    # modules 1..3 each start with a conv (two at a downsampling shortcut) reading the input
+    saved = counts["surrogate"] - counts["vjp"]
+    assert saved >= skipped and (saved > 0) == (skipped > 0), counts

@@ -15,6 +15,8 @@ env_cfg = dict(
     mp_cfg=dict(mp_start_method="fork", opencv_num_threads=0),
     dist_cfg=dict(backend="nccl"),  # gloo is chosen automatically on CPU-only hosts
 )
+# glibc malloc keeps freed activation memory (hpff_dist/engine/cpu_malloc.py); None: defaults
+cpu_malloc = dict(trim_threshold_mb=1024, mmap_threshold_mb=32)
 log_processor = dict(window_size=20, by_epoch=True)
 log_level = "INFO"
 load_from = None

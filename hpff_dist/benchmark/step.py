@@ -15,6 +15,7 @@ import torch
 from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 
+from hpff_dist.engine.cpu_malloc import configure_cpu_malloc
 from hpff_dist.local.memory import SavedTensorMeter
 from hpff_dist.registry import MODELS
 
@@ -33,6 +34,7 @@ def measure_step(
     node the model runs there and ``cuda_max_allocated_bytes`` is what the paper reports."""
     if iters < 1:
         raise ValueError(f"iters must be >= 1 to take a median, got {iters}")
+    cpu_malloc = configure_cpu_malloc(cfg.get("cpu_malloc"))
     torch.manual_seed(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = MODELS.build(cfg.model).to(device)
@@ -71,6 +73,7 @@ def measure_step(
         # ru_maxrss is KiB on Linux: the whole process's peak, what a user sees.
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "threads": torch.get_num_threads(),
+        "cpu_malloc": cfg.get("cpu_malloc") if cpu_malloc else None,
         "device": device.type,
         "cuda_max_allocated_bytes": (
             torch.cuda.max_memory_allocated() if device.type == "cuda" else None

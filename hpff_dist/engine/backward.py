@@ -10,10 +10,18 @@ for any optimizer wrapper; wrappers of ours may provide ``loss_backward()`` them
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from torch import Tensor
+
+from hpff_dist.local.backward import tensor_backward_kwargs
+
+# Wrappers whose ``backward(loss, **kwargs)`` is ``Tensor.backward(**kwargs)`` of the (scaled)
+# loss, so a tensor output with ``gradient=`` and ``inputs=`` can go through them unchanged.
+_TENSOR_BACKWARDS = (OptimWrapper.backward, AmpOptimWrapper.backward)
 
 
 @dataclass
@@ -22,9 +30,18 @@ class LossBackward:
 
     wrapper: Any
     scale: float = 1.0
+    tensor_backward: bool = False
 
     def __call__(self, loss: Tensor) -> None:
         self.wrapper.backward(loss)
+
+    def vjp(self, output: Tensor, cotangent: Tensor, inputs: Sequence[Tensor] | None) -> None:
+        """``hpff_dist.local.backward.backward_vjp`` through the wrapper: a tensor backward
+        when the wrapper passes ``Tensor.backward`` keyword arguments on, else the surrogate."""
+        if self.tensor_backward:
+            self.wrapper.backward(output, **tensor_backward_kwargs(cotangent, inputs))
+        else:
+            self((output * cotangent).sum())
 
 
 def loss_backward(optim_wrapper: Any) -> LossBackward:
@@ -32,7 +49,8 @@ def loss_backward(optim_wrapper: Any) -> LossBackward:
     own = getattr(optim_wrapper, "loss_backward", None)
     if callable(own):
         return own()
+    tensor_backward = getattr(type(optim_wrapper), "backward", None) in _TENSOR_BACKWARDS
     scaler = getattr(optim_wrapper, "loss_scaler", None)
     if scaler is not None and hasattr(scaler, "get_scale") and scaler.is_enabled():
-        return LossBackward(optim_wrapper, float(scaler.get_scale()))
-    return LossBackward(optim_wrapper, 1.0)
+        return LossBackward(optim_wrapper, float(scaler.get_scale()), tensor_backward)
+    return LossBackward(optim_wrapper, 1.0, tensor_backward)

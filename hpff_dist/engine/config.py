@@ -26,6 +26,8 @@ KNOWN_KEYS = frozenset(
         "data_preprocessor", "load_from", "resume", "launcher", "env_cfg", "log_processor",
         "log_level", "visualizer", "default_scope", "randomness", "experiment_name",
         "strategy", "compile", "cfg", "runner_type",
+        # ours: hpff_dist.engine.cpu_malloc
+        "cpu_malloc",
         # helper variables of our base configs
         "data_root", "batch_size", "train_pipeline", "test_pipeline", "max_epochs",
         "max_iters", "num_classes", "image_size", "crop_size", "scales",

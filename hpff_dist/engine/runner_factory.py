@@ -18,6 +18,7 @@ from mmengine.logging import print_log
 from mmengine.runner import FlexibleRunner, Runner
 
 from hpff_dist.data.loader_builder import materialize_dataloaders
+from hpff_dist.engine.cpu_malloc import configure_cpu_malloc
 from hpff_dist.engine.deepspeed_strategy import per_device_batch
 from hpff_dist.engine.launchers import dist_env
 
@@ -90,6 +91,7 @@ def build_runner(cfg: Config) -> Runner | FlexibleRunner:
     strategy (any distributed launcher, or a ``strategy`` key). ``cfg.launcher`` is one of
     ``none``, ``pytorch``, ``slurm``; ``cfg.resume=True`` with ``load_from=None`` resumes from
     the latest checkpoint in ``work_dir``."""
+    configure_cpu_malloc(cfg.get("cpu_malloc"))
     materialize_dataloaders(cfg)  # loaders that are not torch Datasets (DALI) become objects
     cfg = prepare_config(cfg)
     if cfg.get("strategy") is None:

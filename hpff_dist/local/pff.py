@@ -22,7 +22,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor, nn
 
-from hpff_dist.local.backward import Backward
+from hpff_dist.local.backward import Backward, backward_vjp
 from hpff_dist.local.heads import (
     ClassifierHeadBase,
     HeadOutput,
@@ -102,7 +102,7 @@ class PatchFusedClassifier(LocalHead):
         (cotangent,) = torch.autograd.grad(out.loss * weight, out_leaf)
         cotangent = cotangent / len(patches)
         for p in patches:
-            backward((self.inner.net(p) * cotangent).sum())
+            backward_vjp(backward, self.inner.net(p), cotangent)
         return _detached(out)
 
     def _batchable(self, feature: Tensor) -> bool:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hpff_dist.local.backward import Backward
+from hpff_dist.local.backward import Backward, backward_vjp
 from hpff_dist.local.heads import HeadOutput, LocalHead
 from hpff_dist.local.memory import memory_region
 from hpff_dist.local.module import LocalModule
@@ -87,12 +87,17 @@ class _Pending:
 
     output: Tensor
     cotangent: Tensor | None
+    params: list[nn.Parameter]
 
 
 def _finish(pending: _Pending | None, backward: Backward) -> None:
-    """Backward a module's graph once with its total cotangent, then drop it."""
-    if pending is not None and pending.cotangent is not None:
-        backward((pending.output * pending.cotangent).sum())
+    """Backward a module's graph once with its total cotangent, then drop it.
+
+    Only the module's parameters need gradients: its input gradient (the cascade's h) was
+    taken separately, so ``inputs`` lets the engine skip the first layer's input gradient.
+    """
+    if pending is not None and pending.cotangent is not None and pending.params:
+        backward_vjp(backward, pending.output, pending.cotangent, pending.params)
 
 
 def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
@@ -106,7 +111,7 @@ def _unscale(grad: Tensor, scale: float) -> Tensor:
     precisely because true-size gradients may underflow in float16."""
     if grad.dtype in (torch.float16, torch.bfloat16):
         grad = grad.float()
-    return grad / scale
+    return grad if scale == 1.0 else grad / scale
 
 
 def _head_cotangent(
@@ -176,7 +181,7 @@ def one_forward_step(
                 (h,) = torch.autograd.grad(a, leaf, g_cas_scaled, retain_graph=True)
                 pending.cotangent = _add(pending.cotangent, _unscale(h, backward.scale))
             _finish(pending, backward)
-        pending = _Pending(a, cotangent)
+        pending = _Pending(a, cotangent, [p for p in mod.parameters() if p.requires_grad])
         x = a
     _finish(pending, backward)
     return totals.result()

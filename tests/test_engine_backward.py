@@ -1,0 +1,48 @@
+"""``loss_backward``: which optimizer wrappers take a tensor cotangent, and that it is exact."""
+
+import torch
+from mmengine.optim import OptimWrapper
+from torch import nn
+
+from hpff_dist.engine.backward import loss_backward
+from hpff_dist.local.backward import backward_vjp
+
+
+def _net_and_wrapper(wrapper_type=OptimWrapper):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)).double()
+    return net, wrapper_type(torch.optim.SGD(net.parameters(), lr=0.1))
+
+
+def _vjp_grads(wrapper_type):
+    net, wrapper = _net_and_wrapper(wrapper_type)
+    leaf = torch.randn(5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    leaf.requires_grad_()
+    cotangent = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    backward = loss_backward(wrapper)
+    backward_vjp(backward, net(leaf), cotangent, list(net.parameters()))
+    return backward, [p.grad.clone() for p in net.parameters()], leaf.grad
+
+
+def test_plain_optim_wrapper_takes_tensor_cotangents_and_skips_other_leaves():
+    backward, grads, leaf_grad = _vjp_grads(OptimWrapper)
+    assert backward.tensor_backward
+    assert leaf_grad is None  # ``inputs`` restricted the backward to the parameters
+    _, surrogate, _ = _vjp_grads(_CustomBackwardWrapper)
+    for ours, ref in zip(grads, surrogate):
+        torch.testing.assert_close(ours, ref, rtol=1e-14, atol=0)
+
+
+class _CustomBackwardWrapper(OptimWrapper):
+    """A wrapper whose backward does something of its own: must get scalar losses only."""
+
+    def backward(self, loss, **kwargs):
+        assert loss.dim() == 0 and not kwargs
+        super().backward(loss)
+
+
+def test_unknown_wrapper_backward_gets_the_scalar_surrogate():
+    backward, grads, leaf_grad = _vjp_grads(_CustomBackwardWrapper)
+    assert not backward.tensor_backward
+    assert leaf_grad is not None  # the fallback fills every leaf
+    assert all(g.abs().sum() > 0 for g in grads)
