@@ -17,10 +17,17 @@ from hpff_dist.registry import MODELS
 
 @MODELS.register_module()
 class ClassifierDataPreprocessor(BaseDataPreprocessor):
-    """``[images in [0,1], labels]`` -> ``dict(inputs=normalised, images=raw, targets=labels)``."""
+    """``[images in [0,1], labels]`` -> ``dict(inputs=normalised, images=raw, targets=labels)``,
+    in NHWC memory order with ``channels_last`` (the model's convs then need no reorder)."""
 
-    def __init__(self, mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.5,)) -> None:
+    def __init__(
+        self,
+        mean: Sequence[float] = (0.5,),
+        std: Sequence[float] = (0.5,),
+        channels_last: bool = False,
+    ) -> None:
         super().__init__()
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if len(mean) != len(std):
             raise ValueError(f"mean {list(mean)} and std {list(std)} need the same length")
         self.register_buffer(
@@ -33,7 +40,7 @@ class ClassifierDataPreprocessor(BaseDataPreprocessor):
             images, targets = data["images"], data["targets"]
         else:
             images, targets = data[0], data[1]
-        images = self.cast_data(images).float()
+        images = self.cast_data(images).float().contiguous(memory_format=self.memory_format)
         targets = self.cast_data(torch.as_tensor(targets)).long()
         if images.shape[1] != self.mean.shape[1]:
             raise ValueError(
