@@ -14,6 +14,7 @@ Every head speaks one interface (``LocalHead``) so schedules can treat them alik
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import NamedTuple
 
@@ -22,6 +23,7 @@ from torch import Tensor, nn
 
 from hpff_dist.local.backward import Backward
 from hpff_dist.local.losses import supervised_contrastive_loss
+from hpff_dist.local.upsample_conv import upsample_conv3x3
 
 AUX_NET_CONFIGS = ("0c1f", "0c2f", "1c1f", "1c2f", "1c3f", "2c2f")
 LOCAL_LOSSES = ("cross_entropy", "contrast")
@@ -154,6 +156,11 @@ class ReconstructionHead(LocalHead):
 
     The reference ends with Sigmoid + BCELoss; we return logits and use BCE-with-logits, the
     same function but numerically safer and allowed under autocast.
+
+    The upsampling and the first conv run fused (``upsample_conv3x3``): the same function, but
+    the conv's channel mixing happens at the feature's resolution when that is cheaper. So
+    ``body[0]`` is used through its parameters (its forward hooks do not run); ``body`` keeps
+    the reference's layers and state_dict keys.
     """
 
     def __init__(self, in_channels: int, image_channels: int = 3, widen: float = 1.0) -> None:
@@ -167,8 +174,11 @@ class ReconstructionHead(LocalHead):
         )
 
     def reconstruct_logits(self, feature: Tensor, size: tuple[int, int]) -> Tensor:
-        up = F.interpolate(feature, size=size, mode="bilinear", align_corners=True)
-        return self.body(up)
+        first = self.body[0]
+        x = upsample_conv3x3(feature, size, first.weight, first.bias)
+        for layer in itertools.islice(self.body, 1, None):
+            x = layer(x)
+        return x
 
     def forward(self, feature: Tensor, targets: Tensor, image: Tensor | None = None) -> HeadOutput:
         if image is None:
