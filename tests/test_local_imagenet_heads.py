@@ -9,6 +9,8 @@ import copy
 
 import pytest
 import torch
+
+from hpff_dist.local import upsample_conv
 from test_local_schedule import (
     assert_same_grads,
     batch,
@@ -267,15 +269,18 @@ def _saved_peak(head, feat, image):
     return meter.peak_bytes
 
 
-def test_progressive_decoder_saves_far_less_than_interpolate():
+def test_progressive_and_fused_decoders_save_far_less_than_interpolate(monkeypatch):
     torch.manual_seed(0)
     # a wide, coarse feature (ResNet stage 3/4-like) reconstructing an image 8x its size
     feat = torch.randn(2, 1024, 7, 7)
     image = torch.rand(2, 3, 56, 56)
-    interp = _saved_peak(ReconstructionHead(1024), feat, image)
+    head = ReconstructionHead(1024)
+    fused = _saved_peak(head, feat, image)  # upsample + first conv at the feature's resolution
     progressive = _saved_peak(ProgressiveReconstructionHead(1024, 7, 56), feat, image)
+    monkeypatch.setattr(upsample_conv, "prefers_low_resolution", lambda *args, **kwargs: False)
+    interp = _saved_peak(head, feat, image)
     assert interp > 2 * 1024 * 56 * 56 * 4  # the upsampled full-width feature
-    assert progressive * 10 < interp
+    assert progressive * 10 < interp and fused * 10 < interp
     feat = torch.randn(2, 1024, 14, 14)
     classic = _saved_peak(ClassifierAuxHead(1024, "1c2f", 3, feature_dim=2048), feat, None)
     bottleneck = _saved_peak(BottleneckAuxHead(1024, 3, expand=2048), feat, None)

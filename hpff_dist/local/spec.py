@@ -57,7 +57,7 @@ class LocalSpec:
     ``aux_net``: ``'<a>c<b>f'`` (CIFAR-style ``ClassifierAuxHead``) or ``'bottleneck'``
     (``BottleneckAuxHead``: 1x1 reduce, two stride-2 3x3 convs, 1x1 expand to ``feature_dim``).
     ``decoder``: InfoPro's decoder, ``'interpolate'`` (``ReconstructionHead``: upsample the
-    full feature, then convs; CIFAR) or ``'progressive'`` (``ProgressiveReconstructionHead``:
+    full feature, then convs, the first fused with the upsampling; CIFAR) or ``'progressive'`` (``ProgressiveReconstructionHead``:
     1x1 reduce to ``decoder_width``, then x2 upsampling stages; ImageNet).
     """
 
