@@ -197,5 +197,8 @@ class OfficialPatchDecoder(LocalHead):
     def forward(self, feature: Tensor, targets: Tensor, image: Tensor | None = None) -> HeadOutput:
         if image is None:
             raise ValueError("a reconstruction head needs the restored input image")
-        pairs = zip(self.decoders, split_patches(feature, self.n), split_patches(image, self.n))
+        # Contiguous patches: a conv given a strided view copies it in forward and again in
+        # backward; this variant holds every patch's graph anyway, so copy once and keep it.
+        patches = [p.contiguous() for p in split_patches(feature, self.n)]
+        pairs = zip(self.decoders, patches, split_patches(image, self.n))
         return HeadOutput(sum(dec(f, targets, img).loss for dec, f, img in pairs))
