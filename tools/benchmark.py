@@ -1,7 +1,7 @@
 """Step time and activation memory of training configs, on synthetic batches.
 
     python tools/benchmark.py CONFIG[+key=value...] ... [--batch-size N] [--iters N]
-        --out bench.json [--plot-dir DIR]
+        [--repeat R] --out bench.json [--plot-dir DIR]
 
 Each ``CONFIG`` may carry ``+key=value`` overrides (``--cfg-options`` syntax), e.g.
 ``configs/cifar10/resnet32_k16_infopro_hpff.py+model.method.schedule=reference``. Every entry
@@ -9,6 +9,11 @@ runs in a fresh process so ``peak_rss_bytes`` is that config's own. Prints and w
 ``method``, ``k``, ``batch_size``, ``step_time_s`` (median after warm-up), ``peak_saved_bytes``,
 ``aux_peak_saved_bytes`` and ``peak_rss_bytes``, and draws PNG plots (memory and step time per
 entry; memory against K per method).
+
+``--repeat R`` runs every entry R times, round-robin (entry 1, 2, ..., 1, 2, ...), so slow
+phases of a shared or virtualised machine hit all entries alike; ``step_time_s`` is then the
+median of the R runs' medians and ``step_time_runs_s`` lists them. Memory is deterministic and
+taken from the first run.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -102,6 +108,41 @@ def _label(r: dict) -> str:
     return f"{base}\n{extra}" if extra else base
 
 
+def run_in_fresh_process(entry: str, args: argparse.Namespace) -> dict:
+    """One measurement of ``entry`` in a new interpreter (its own RSS, allocator, caches)."""
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
+        worker_out = tmp.name
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        entry,
+        "--worker",
+        "--worker-out",
+        worker_out,
+        "--iters",
+        str(args.iters),
+        "--warmup",
+        str(args.warmup),
+    ]
+    if args.batch_size:
+        cmd += ["--batch-size", str(args.batch_size)]
+    try:
+        subprocess.run(cmd, check=True)
+        with open(worker_out) as f:
+            return json.load(f)
+    finally:
+        os.unlink(worker_out)
+
+
+def combine_runs(runs: list[dict]) -> dict:
+    """The first run's record with ``step_time_s`` = median of the runs' medians."""
+    result = dict(runs[0])
+    result["step_time_runs_s"] = [r["step_time_s"] for r in runs]
+    result["step_time_s"] = statistics.median(result["step_time_runs_s"])
+    result["peak_rss_bytes"] = max(r["peak_rss_bytes"] for r in runs)
+    return result
+
+
 def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -110,11 +151,16 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, help="default: the config's train batch size")
     p.add_argument("--iters", type=int, default=5)
     p.add_argument("--warmup", type=int, default=2)
+    p.add_argument(
+        "--repeat", type=int, default=1, help="fresh-process runs per entry, round-robin"
+    )
     p.add_argument("--out", default="bench.json")
     p.add_argument("--plot-dir", help="where to write PNG plots (default: next to --out)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.repeat < 1:
+        p.error("--repeat must be >= 1")
 
     if args.worker:
         result = run_worker(args.entries[0], args.batch_size, args.iters, args.warmup)
@@ -122,37 +168,23 @@ def main() -> None:
             json.dump(result, f)
         return
 
-    results = []
     for entry in args.entries:
         split_entry(entry)  # fail fast on a malformed entry
-        with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
-            worker_out = tmp.name
-        cmd = [
-            sys.executable,
-            os.path.abspath(__file__),
-            entry,
-            "--worker",
-            "--worker-out",
-            worker_out,
-            "--iters",
-            str(args.iters),
-            "--warmup",
-            str(args.warmup),
-        ]
-        if args.batch_size:
-            cmd += ["--batch-size", str(args.batch_size)]
-        print(f"[benchmark] {entry}", file=sys.stderr, flush=True)
-        subprocess.run(cmd, check=True)
-        with open(worker_out) as f:
-            results.append(json.load(f))
-        os.unlink(worker_out)
-        r = results[-1]
-        print(
-            f"[benchmark]   {r['method']} K={r['k']} step {r['step_time_s']:.3f}s "
-            f"saved {r['peak_saved_bytes'] / 2**20:.1f} MiB aux {r['aux_peak_saved_bytes'] / 2**20:.1f} MiB",
-            file=sys.stderr,
-            flush=True,
-        )
+    runs: list[list[dict]] = [[] for _ in args.entries]
+    for repeat in range(args.repeat):
+        for i, entry in enumerate(args.entries):
+            tag = f" (run {repeat + 1}/{args.repeat})" if args.repeat > 1 else ""
+            print(f"[benchmark] {entry}{tag}", file=sys.stderr, flush=True)
+            r = run_in_fresh_process(entry, args)
+            runs[i].append(r)
+            print(
+                f"[benchmark]   {r['method']} K={r['k']} step {r['step_time_s']:.3f}s "
+                f"saved {r['peak_saved_bytes'] / 2**20:.1f} MiB "
+                f"aux {r['aux_peak_saved_bytes'] / 2**20:.1f} MiB",
+                file=sys.stderr,
+                flush=True,
+            )
+    results = [combine_runs(entry_runs) for entry_runs in runs]
     plots = plot(results, args.plot_dir or os.path.dirname(os.path.abspath(args.out)))
     report = {"results": results, "plots": plots}
     with open(args.out, "w") as f:
