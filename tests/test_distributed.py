@@ -21,8 +21,16 @@ TOL = 1e-6
 
 
 def _torchrun(script: str, *args: str, timeout: int = 420) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(SCRIPTS / script), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(SCRIPTS / script),
+        *args,
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     env.pop("WORLD_SIZE", None)
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)

@@ -118,8 +118,11 @@ def test_batch_arithmetic():
     assert per_device_batch(1024, 8, 2) == 64
     with pytest.raises(BatchConfigError, match="1000 is not divisible by world size 3"):
         per_device_batch(1000, 3)
-    with pytest.raises(BatchConfigError, match=r"global_batch_size=100 but per-device batch 16 x "
-                       r"world size 4 x accumulation steps 2 = 128"):
+    with pytest.raises(
+        BatchConfigError,
+        match=r"global_batch_size=100 but per-device batch 16 x "
+        r"world size 4 x accumulation steps 2 = 128",
+    ):
         resolve_batch_config(16, 4, 2, global_batch=100)
     with pytest.raises(BatchConfigError, match="DeepSpeed train_batch_size=64"):
         resolve_batch_config(16, 4, 2, ds_config={"train_batch_size": 64})
@@ -201,11 +204,21 @@ def test_prepare_config(monkeypatch):
     monkeypatch.setenv("MASTER_PORT", "29500")
     dist = prepare_config(_cfg(launcher="pytorch"))
     assert dist.strategy.type == DEEPSPEED_STRATEGY
-    derived = prepare_config(_cfg(launcher="pytorch", strategy=dict(
-        type="LocalDeepSpeedStrategy", global_batch_size=256, gradient_accumulation_steps=2)))
+    derived = prepare_config(
+        _cfg(
+            launcher="pytorch",
+            strategy=dict(
+                type="LocalDeepSpeedStrategy", global_batch_size=256, gradient_accumulation_steps=2
+            ),
+        )
+    )
     assert derived.train_dataloader.batch_size == 32
     with pytest.raises(BatchConfigError, match="not divisible by world size 4"):
-        prepare_config(_cfg(launcher="pytorch", strategy=dict(
-            type="LocalDeepSpeedStrategy", global_batch_size=250)))
+        prepare_config(
+            _cfg(
+                launcher="pytorch",
+                strategy=dict(type="LocalDeepSpeedStrategy", global_batch_size=250),
+            )
+        )
     with pytest.raises(ValueError, match="LocalDeepSpeedStrategy"):
         prepare_config(_cfg(launcher="pytorch", strategy=dict(type="DeepSpeedStrategy")))

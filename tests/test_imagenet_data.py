@@ -73,8 +73,9 @@ def shards(tree, tmp_path_factory) -> Path:
 
 def _loader(backend, tree, shards, **kw):
     root = tree if backend == "folder" else shards
-    args = dict(split="val", batch_size=4, num_workers=0, image_size=SIZE, resize_size=RESIZE,
-                device="cpu")
+    args = dict(
+        split="val", batch_size=4, num_workers=0, image_size=SIZE, resize_size=RESIZE, device="cpu"
+    )
     args.update(kw)
     return build_imagenet_dataloader(backend, str(root), **args)
 
@@ -179,8 +180,16 @@ def test_two_ranks_same_steps_and_all_samples(backend, train, tree, shards):
     """15 samples in 3 uneven shards, 2 ranks: 8 samples and 2 batches of 4 on each rank."""
     per_rank = []
     for rank in range(2):
-        loader = _loader(backend, tree, shards, rank=rank, world_size=2, train=train,
-                         drop_last=False, num_workers=2 if backend != "folder" else 0)
+        loader = _loader(
+            backend,
+            tree,
+            shards,
+            rank=rank,
+            world_size=2,
+            train=train,
+            drop_last=False,
+            num_workers=2 if backend != "folder" else 0,
+        )
         _, labels, steps = _epoch(loader)
         assert len(loader) == steps == 2
         assert len(labels) == 8
@@ -194,8 +203,9 @@ def test_two_ranks_same_steps_and_all_samples(backend, train, tree, shards):
 def test_drop_last_gives_equal_full_batches(tree, shards):
     for backend in BACKENDS:
         steps = [
-            _epoch(_loader(backend, tree, shards, rank=r, world_size=2, batch_size=3,
-                           drop_last=True))[2]
+            _epoch(
+                _loader(backend, tree, shards, rank=r, world_size=2, batch_size=3, drop_last=True)
+            )[2]
             for r in range(2)
         ]
         assert steps == [2, 2], backend  # floor(8 / 3)
@@ -219,8 +229,17 @@ def test_val_tensors_agree_across_backends(tree, shards):
 
 
 def test_train_augmentation_is_random_but_labelled(shards):
-    loader = build_imagenet_dataloader("dali", str(shards), "train", batch_size=4, num_workers=1,
-                                       image_size=SIZE, device="cpu", rank=0, world_size=1)
+    loader = build_imagenet_dataloader(
+        "dali",
+        str(shards),
+        "train",
+        batch_size=4,
+        num_workers=1,
+        image_size=SIZE,
+        device="cpu",
+        rank=0,
+        world_size=1,
+    )
     images, labels, steps = _epoch(loader)
     assert steps == len(loader) == sum(TRAIN_PER_CLASS) // 4
     assert set(labels) <= {0, 1, 2}
@@ -229,8 +248,10 @@ def test_train_augmentation_is_random_but_labelled(shards):
 
 def test_sampler_is_deterministic_per_epoch_and_partitions():
     lengths = [6, 6, 3]
-    samplers = [ShardAwareDistributedSampler(None, seed=3, rank=r, world_size=2,
-                                             shard_lengths=lengths) for r in range(2)]
+    samplers = [
+        ShardAwareDistributedSampler(None, seed=3, rank=r, world_size=2, shard_lengths=lengths)
+        for r in range(2)
+    ]
     orders = {}
     for epoch in (0, 1):
         for s in samplers:
@@ -265,25 +286,48 @@ def test_rank_and_batch_errors(monkeypatch):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_missing_data_says_what_to_put_where(backend, tmp_path):
     with pytest.raises(DataNotFoundError) as error:
-        build_imagenet_dataloader(backend, str(tmp_path / "nowhere"), "val", batch_size=2,
-                                  device="cpu", rank=0, world_size=1)
+        build_imagenet_dataloader(
+            backend,
+            str(tmp_path / "nowhere"),
+            "val",
+            batch_size=2,
+            device="cpu",
+            rank=0,
+            world_size=1,
+        )
     message = str(error.value)
     assert ("make_shards.py" in message) if backend != "folder" else ("<wnid>" in message)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataNotFoundError):
-        build_imagenet_dataloader(backend, str(tmp_path / "empty"), "val", batch_size=2,
-                                  device="cpu", rank=0, world_size=1)
+        build_imagenet_dataloader(
+            backend,
+            str(tmp_path / "empty"),
+            "val",
+            batch_size=2,
+            device="cpu",
+            rank=0,
+            world_size=1,
+        )
 
 
 def test_registered_in_hpff_dist_scope(shards):
     from hpff_dist.registry import DATA_SAMPLERS, DATASETS, TRANSFORMS
 
-    dataset = DATASETS.build(dict(type="ImageNetShards", root=str(shards), split="val",
-                                  image_size=SIZE, resize_size=RESIZE))
+    dataset = DATASETS.build(
+        dict(
+            type="ImageNetShards",
+            root=str(shards),
+            split="val",
+            image_size=SIZE,
+            resize_size=RESIZE,
+        )
+    )
     image, label = dataset[0]
     assert image.shape == (3, SIZE, SIZE) and label.item() == 0
-    sampler = DATA_SAMPLERS.build(dict(type="ShardAwareDistributedSampler", shuffle=False),
-                                  default_args=dict(dataset=dataset, seed=None))
+    sampler = DATA_SAMPLERS.build(
+        dict(type="ShardAwareDistributedSampler", shuffle=False),
+        default_args=dict(dataset=dataset, seed=None),
+    )
     assert len(sampler) == 15
     transform = TRANSFORMS.build(dict(type="ImageNetTransform", train=True, image_size=SIZE))
     assert transform(Image.new("RGB", (50, 60))).shape == (3, SIZE, SIZE)

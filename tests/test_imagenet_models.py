@@ -39,8 +39,11 @@ REPO = Path(__file__).resolve().parents[1]
 SIZE = 32
 TRAIN_PER_CLASS = (3, 3, 2)  # 8 images: 2 batches of 4 -> a 2-iteration epoch
 VAL_PER_CLASS = (2, 2, 2)
-STAGE_DEPTHS = {"resnet101": (3, 4, 23, 3), "resnet152": (3, 8, 36, 3),
-                "resnext101_32x8d": (3, 4, 23, 3)}
+STAGE_DEPTHS = {
+    "resnet101": (3, 4, 23, 3),
+    "resnet152": (3, 8, 36, 3),
+    "resnext101_32x8d": (3, 4, 23, 3),
+}
 
 
 # --- the BlockNetwork view of torchvision ---------------------------------------------------------
@@ -106,11 +109,13 @@ def test_zero_init_residual_and_unknown_arch():
 
 def test_materialize_replaces_only_typed_loader_dicts(tmp_path):
     plain = dict(batch_size=2, dataset=dict(type="ImageNetFolder", root="x"))
-    cfg = Config(dict(
-        train_dataloader=dict(type="DaliImageNetLoader", root=str(tmp_path), batch_size=4),
-        val_dataloader=plain,
-        test_dataloader=None,
-    ))
+    cfg = Config(
+        dict(
+            train_dataloader=dict(type="DaliImageNetLoader", root=str(tmp_path), batch_size=4),
+            val_dataloader=plain,
+            test_dataloader=None,
+        )
+    )
     materialize_dataloaders(cfg)
     loader = cfg.train_dataloader
     assert isinstance(loader, DataLoader) and isinstance(loader, LazyDaliDataLoader)
@@ -169,8 +174,14 @@ def test_unnormalised_loaders_are_the_normalised_ones_undone(backend, imagenet_d
 
     def epoch(normalize: bool) -> torch.Tensor:
         loader = build_imagenet_dataloader(
-            backend, str(imagenet_data[backend]), split="val", batch_size=3, num_workers=0,
-            image_size=SIZE, device="cpu", normalize=normalize,
+            backend,
+            str(imagenet_data[backend]),
+            split="val",
+            batch_size=3,
+            num_workers=0,
+            image_size=SIZE,
+            device="cpu",
+            normalize=normalize,
         )
         return torch.cat([x for x, _ in loader])
 
@@ -199,29 +210,46 @@ class _Recorder(Hook):
 def _experiment_config(backend: str, root: Path, work_dir: Path) -> Config:
     """The real ResNet-101 infopro_hpff K=4 experiment, with the backend's dataset base swapped
     in (as a user would by editing ``_base_``) and only sizes shrunk."""
-    cfg = load_config(str(REPO / "configs/imagenet/resnet101_k4_infopro_hpff.py"),
-                      work_dir=str(work_dir))
+    cfg = load_config(
+        str(REPO / "configs/imagenet/resnet101_k4_infopro_hpff.py"), work_dir=str(work_dir)
+    )
     data = Config.fromfile(str(REPO / f"configs/_base_/datasets/imagenet_{backend}.py"))
     for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
         cfg[key] = copy.deepcopy(data[key])
     options = {
-        "model.num_classes": 3, "model.image_size": SIZE,
-        "train_cfg.max_epochs": 1, "param_scheduler.0.end": 1, "param_scheduler.0.T_max": 1,
-        "val_evaluator.topk": (1,), "experiment_name": f"imagenet_{backend}",
-        "default_hooks.logger.interval": 1, "env_cfg.cudnn_benchmark": False,
+        "model.num_classes": 3,
+        "model.image_size": SIZE,
+        "train_cfg.max_epochs": 1,
+        "param_scheduler.0.end": 1,
+        "param_scheduler.0.T_max": 1,
+        "val_evaluator.topk": (1,),
+        "experiment_name": f"imagenet_{backend}",
+        "default_hooks.logger.interval": 1,
+        "env_cfg.cudnn_benchmark": False,
     }
     for split, batch in (("train", 4), ("val", 3)):
         loader = f"{split}_dataloader"
         if backend == "dali":
-            options.update({f"{loader}.root": str(root), f"{loader}.image_size": SIZE,
-                            f"{loader}.batch_size": batch, f"{loader}.num_threads": 1,
-                            f"{loader}.device": "cpu"})
+            options.update(
+                {
+                    f"{loader}.root": str(root),
+                    f"{loader}.image_size": SIZE,
+                    f"{loader}.batch_size": batch,
+                    f"{loader}.num_threads": 1,
+                    f"{loader}.device": "cpu",
+                }
+            )
         else:
-            options.update({f"{loader}.dataset.root": str(root),
-                            f"{loader}.dataset.image_size": SIZE,
-                            f"{loader}.batch_size": batch, f"{loader}.num_workers": 0,
-                            f"{loader}.persistent_workers": False,
-                            f"{loader}.pin_memory": False})
+            options.update(
+                {
+                    f"{loader}.dataset.root": str(root),
+                    f"{loader}.dataset.image_size": SIZE,
+                    f"{loader}.batch_size": batch,
+                    f"{loader}.num_workers": 0,
+                    f"{loader}.persistent_workers": False,
+                    f"{loader}.pin_memory": False,
+                }
+            )
     cfg.merge_from_dict(options)
     cfg.test_dataloader = cfg.val_dataloader
     return cfg
@@ -252,13 +280,21 @@ def test_two_iterations_of_resnet101_k4_infopro_hpff(backend, imagenet_data, tmp
     assert all(0.0 <= lo and hi <= 1.0 for lo, hi in recorder.ranges), recorder.ranges
     after = dict(model.named_parameters())
     changed = {k for k, v in before.items() if not torch.equal(v, after[k])}
-    for prefix in ("learner.net.stem.", "learner.net.blocks.0.", "learner.net.blocks.32.",
-                   "learner.net.head.fc.", "learner.heads.cas1.", "learner.heads.cas2."):
+    for prefix in (
+        "learner.net.stem.",
+        "learner.net.blocks.0.",
+        "learner.net.blocks.32.",
+        "learner.net.head.fc.",
+        "learner.heads.cas1.",
+        "learner.heads.cas2.",
+    ):
         assert any(k.startswith(prefix) for k in changed), f"{prefix} did not change"
     assert (tmp_path / "epoch_1.pth").is_file()
     state = torch.load(tmp_path / "epoch_1.pth", map_location="cpu", weights_only=False)
-    assert torch.equal(state["state_dict"]["learner.net.head.fc.weight"],
-                       after["learner.net.head.fc.weight"].detach())
+    assert torch.equal(
+        state["state_dict"]["learner.net.head.fc.weight"],
+        after["learner.net.head.fc.weight"].detach(),
+    )
     dumped = Config.fromfile(str(tmp_path / "resnet101_k4_infopro_hpff.py"))
     if backend == "dali":
         assert dumped.train_dataloader.type == "DaliImageNetLoader"

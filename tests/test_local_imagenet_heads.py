@@ -9,8 +9,6 @@ import copy
 
 import pytest
 import torch
-
-from hpff_dist.local import upsample_conv
 from test_local_schedule import (
     assert_same_grads,
     batch,
@@ -21,6 +19,7 @@ from test_local_schedule import (
     reference_independent,
 )
 
+from hpff_dist.local import upsample_conv
 from hpff_dist.local.backward import PlainBackward, ScaledBackward
 from hpff_dist.local.heads import ClassifierAuxHead, ReconstructionHead
 from hpff_dist.local.imagenet_heads import (
@@ -191,8 +190,19 @@ def test_one_forward_matches_three_path_reference(extra):
 def test_imagenet_config_settings_agree_with_packaged_reference():
     """The ImageNet configs' HiLo settings (independent level off, cascade-only last module),
     which the plain test reference does not cover: one-forward vs the three-path schedule."""
-    spec = dict(method="infopro_hpff", k=4, w_ind=0.0, w_cas=1.0, last_module="cascade",
-                ixx_1=5.0, ixy_1=0.75, ixx_2=5.0, ixy_2=0.75, pff=dict(n=2), **IMAGENET_STYLE)
+    spec = dict(
+        method="infopro_hpff",
+        k=4,
+        w_ind=0.0,
+        w_cas=1.0,
+        last_module="cascade",
+        ixx_1=5.0,
+        ixy_1=0.75,
+        ixx_2=5.0,
+        ixy_2=0.75,
+        pff=dict(n=2),
+        **IMAGENET_STYLE,
+    )
     images, targets, restored = batch(size=32)
     learner = make(spec, size=32)
     learner.train_step_losses(images, targets, restored)
@@ -205,8 +215,9 @@ def test_imagenet_config_settings_agree_with_packaged_reference():
 
 @pytest.mark.parametrize("schedule", ["one_forward", "reference"])
 def test_independent_infopro_matches_reference(schedule):
-    spec = dict(method="infopro", k=4, ixy_2=0.1, pff=dict(n=2), schedule=schedule,
-                **IMAGENET_STYLE)
+    spec = dict(
+        method="infopro", k=4, ixy_2=0.1, pff=dict(n=2), schedule=schedule, **IMAGENET_STYLE
+    )
     compare(spec, reference_independent, size=32)
 
 
@@ -214,9 +225,7 @@ def test_learner_sizes_each_decoder_from_its_module_and_keeps_bn_stats():
     spec = dict(method="infopro", k=6, ixx_2=1.0, ixy_2=0.1, **IMAGENET_STYLE)
     learner = make(spec, depth=14, size=32)
     # CifarResNet-14 at 32x32: stages at 32, 16, 8 -> 0, 1, 2 upsampling steps
-    steps = {
-        name: head.reconstruction.steps for name, head in learner.heads.items()
-    }
+    steps = {name: head.reconstruction.steps for name, head in learner.heads.items()}
     for name, n in steps.items():
         m = int(name[3:])
         size = {16: 32, 32: 16, 64: 8}[learner.net.block_channels[learner.plan.modules[m][-1]]]
@@ -232,8 +241,13 @@ def test_spec_defaults_unchanged_and_errors():
     spec = build_spec(dict(method="infopro_hpff"))
     assert (spec.aux_net, spec.decoder, spec.decoder_width) == ("2c2f", "interpolate", 128)
     torch.manual_seed(0)
-    old = build_local_learner(CifarResNet(14, num_classes=5), None, 5, dict(method="infopro",
-                              k=4, ixy_2=0.1), image_size=16)
+    old = build_local_learner(
+        CifarResNet(14, num_classes=5),
+        None,
+        5,
+        dict(method="infopro", k=4, ixy_2=0.1),
+        image_size=16,
+    )
     kinds = {type(m) for m in old.heads.modules()}
     assert ReconstructionHead in kinds and ClassifierAuxHead in kinds
     assert ProgressiveReconstructionHead not in kinds and BottleneckAuxHead not in kinds
@@ -247,13 +261,19 @@ def test_spec_defaults_unchanged_and_errors():
     with pytest.raises(ValueError, match="decoder_width"):
         build_spec(dict(method="infopro", decoder_width=0))
     with pytest.raises(ValueError, match="needs image_size"):
-        build_local_learner(CifarResNet(14, num_classes=5), None, 5,
-                            dict(method="infopro", k=4, ixy_2=0.1, decoder="progressive"))
+        build_local_learner(
+            CifarResNet(14, num_classes=5),
+            None,
+            5,
+            dict(method="infopro", k=4, ixy_2=0.1, decoder="progressive"),
+        )
 
 
 def test_official_variant_uses_the_chosen_decoder():
-    learner = make(dict(method="infopro_hpff", k=4, pff=dict(n=2, variant="official"),
-                        **IMAGENET_STYLE), size=32)
+    learner = make(
+        dict(method="infopro_hpff", k=4, pff=dict(n=2, variant="official"), **IMAGENET_STYLE),
+        size=32,
+    )
     officials = [m for m in learner.heads.modules() if isinstance(m, OfficialPatchDecoder)]
     assert officials and all(
         isinstance(d, ProgressiveReconstructionHead) for o in officials for d in o.decoders

@@ -63,9 +63,15 @@ def worker(args: argparse.Namespace) -> None:
             )
             wrapped, optim_wrapper, *_ = strategy.prepare(
                 model,
-                optim_wrapper=dict(type="OptimWrapper", optimizer=dict(type="SGD", lr=0.01, momentum=0.9)),
-                dispatch_kwargs=dict(train_micro_batch_size_per_gpu=per_device, max_iters=1,
-                                     max_epochs=1, epoch_length=1),
+                optim_wrapper=dict(
+                    type="OptimWrapper", optimizer=dict(type="SGD", lr=0.01, momentum=0.9)
+                ),
+                dispatch_kwargs=dict(
+                    train_micro_batch_size_per_gpu=per_device,
+                    max_iters=1,
+                    max_epochs=1,
+                    epoch_length=1,
+                ),
             )
             engine = wrapped.model
             timings = {"step": 0.0, "allreduce": 0.0}
@@ -77,14 +83,17 @@ def worker(args: argparse.Namespace) -> None:
                         return fn(*a, **k)
                     finally:
                         timings[key] += time.perf_counter() - t0
+
                 return run
 
             # Profiling only: instance attributes shadow the engine's methods for this object.
             engine.allreduce_gradients = timed(engine.allreduce_gradients, "allreduce")
             engine.step = timed(engine.step, "step")
             g = torch.Generator().manual_seed(rank)
-            batch = dict(images=torch.rand(per_device, 3, 32, 32, generator=g),
-                         targets=torch.randint(0, 10, (per_device,), generator=g))
+            batch = dict(
+                images=torch.rand(per_device, 3, 32, 32, generator=g),
+                targets=torch.randint(0, 10, (per_device,), generator=g),
+            )
             wrapped.train()
             for i in range(args.warmup + args.steps):
                 if i == args.warmup:
@@ -100,15 +109,21 @@ def worker(args: argparse.Namespace) -> None:
             for _ in range(args.steps):
                 dist.all_reduce(buf)
             bare = (time.perf_counter() - t1) / args.steps
-            rows.append(dict(
-                method=method, stage=stage, procs=world, per_device=per_device,
-                global_batch=args.global_batch, params=numel,
-                images_per_s=args.global_batch * args.steps / elapsed,
-                step_ms=1000 * elapsed / args.steps,
-                engine_step_ms=1000 * timings["step"] / args.steps,
-                allreduce_gradients_ms=1000 * timings["allreduce"] / args.steps,
-                bare_allreduce_ms=1000 * bare,
-            ))
+            rows.append(
+                dict(
+                    method=method,
+                    stage=stage,
+                    procs=world,
+                    per_device=per_device,
+                    global_batch=args.global_batch,
+                    params=numel,
+                    images_per_s=args.global_batch * args.steps / elapsed,
+                    step_ms=1000 * elapsed / args.steps,
+                    engine_step_ms=1000 * timings["step"] / args.steps,
+                    allreduce_gradients_ms=1000 * timings["allreduce"] / args.steps,
+                    bare_allreduce_ms=1000 * bare,
+                )
+            )
     if rank == 0:
         Path(args.out).write_text(json.dumps(rows, indent=1))
     dist.barrier()
@@ -120,12 +135,36 @@ def launch(args: argparse.Namespace) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         for procs in [int(p) for p in args.procs.split(",")]:
             out = os.path.join(tmp, f"p{procs}.json")
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                   "--nproc_per_node", str(procs), __file__, "--worker", "--out", out, "--tmp", tmp,
-                   "--methods", args.methods, "--stages", args.stages, "--depth", str(args.depth),
-                   "--k", str(args.k), "--global-batch", str(args.global_batch),
-                   "--steps", str(args.steps), "--warmup", str(args.warmup),
-                   "--cores", str(args.cores)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--standalone",
+                "--nproc_per_node",
+                str(procs),
+                __file__,
+                "--worker",
+                "--out",
+                out,
+                "--tmp",
+                tmp,
+                "--methods",
+                args.methods,
+                "--stages",
+                args.stages,
+                "--depth",
+                str(args.depth),
+                "--k",
+                str(args.k),
+                "--global-batch",
+                str(args.global_batch),
+                "--steps",
+                str(args.steps),
+                "--warmup",
+                str(args.warmup),
+                "--cores",
+                str(args.cores),
+            ]
             env = dict(os.environ, OMP_NUM_THREADS=str(max(1, args.cores // procs)))
             subprocess.run(cmd, check=True, env=env, capture_output=not args.verbose)
             rows += json.loads(Path(out).read_text())
@@ -133,8 +172,10 @@ def launch(args: argparse.Namespace) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| method | ZeRO | procs | per-device batch | images/s | step ms | engine.step ms | "
-            "allreduce_gradients ms | bare all_reduce ms |")
+    head = (
+        "| method | ZeRO | procs | per-device batch | images/s | step ms | engine.step ms | "
+        "allreduce_gradients ms | bare all_reduce ms |"
+    )
     lines = [head, "|" + "---|" * 9]
     for r in rows:
         lines.append(
@@ -146,7 +187,9 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--procs", default="1,2")
     p.add_argument("--methods", default="e2e,dgl_hpff")
     p.add_argument("--stages", default="0,2")
@@ -156,8 +199,12 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--cores", type=int, default=os.cpu_count() or 1)
-    p.add_argument("--repeat", type=int, default=1,
-                   help="run everything R times, keep each row's fastest (a shared machine)")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="run everything R times, keep each row's fastest (a shared machine)",
+    )
     p.add_argument("--json", help="also write the rows here")
     p.add_argument("--verbose", action="store_true")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

@@ -54,7 +54,11 @@ def benchmark(loader, iters: int, warmup: int) -> dict:
             if batches >= iters + warmup:
                 break
     seconds = time.perf_counter() - start
-    return {"images": images, "seconds": round(seconds, 3), "images_per_s": round(images / seconds, 1)}
+    return {
+        "images": images,
+        "seconds": round(seconds, 3),
+        "images_per_s": round(images / seconds, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,16 +85,28 @@ def main(argv: list[str] | None = None) -> int:
             make_synthetic(data, args.synthetic)
         root = data if args.backend == "folder" or not args.synthetic else data / "shards"
         loader = build_imagenet_dataloader(
-            args.backend, str(root), args.split, batch_size=args.batch_size,
-            num_workers=args.workers, train=args.split == "train", image_size=args.image_size,
-            device=args.device, rank=0, world_size=1,
+            args.backend,
+            str(root),
+            args.split,
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            train=args.split == "train",
+            image_size=args.image_size,
+            device=args.device,
+            rank=0,
+            world_size=1,
         )
         result = benchmark(loader, args.iters, args.warmup)
     result.update(
-        backend=args.backend, workers=args.workers, batch_size=args.batch_size,
-        image_size=args.image_size, split=args.split, synthetic=args.synthetic,
+        backend=args.backend,
+        workers=args.workers,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        split=args.split,
+        synthetic=args.synthetic,
         device=("gpu" if torch.cuda.is_available() and args.device != "cpu" else "cpu"),
-        cpus=os.cpu_count(), machine=platform.processor() or platform.machine(),
+        cpus=os.cpu_count(),
+        machine=platform.processor() or platform.machine(),
     )
     print(json.dumps(result))
     if args.out:

@@ -23,12 +23,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("src", help="SRC/<split>/<class>/*.JPEG, or an ImageFolder SRC/<class>/*")
     parser.add_argument("out", help="output directory for <split>-%%06d.tar, .idx and manifests")
     parser.add_argument("--split", default="train", help="split to shard (default: train)")
-    parser.add_argument("--shard-size", default="1GB", type=parse_shard_size,
-                        help="samples per shard (1000) or bytes per shard (500MB); default 1GB")
-    parser.add_argument("--shuffle-seed", type=int, default=None,
-                        help="seeded shuffle of samples across shards (default: sorted order)")
+    parser.add_argument(
+        "--shard-size",
+        default="1GB",
+        type=parse_shard_size,
+        help="samples per shard (1000) or bytes per shard (500MB); default 1GB",
+    )
+    parser.add_argument(
+        "--shuffle-seed",
+        type=int,
+        default=None,
+        help="seeded shuffle of samples across shards (default: sorted order)",
+    )
     parser.add_argument("--workers", type=int, default=1, help="shards written in parallel")
-    parser.add_argument("--resume", action="store_true", help="keep finished shards, write the rest")
+    parser.add_argument(
+        "--resume", action="store_true", help="keep finished shards, write the rest"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
@@ -36,8 +46,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     manifest = make_split_shards(
-        args.src, args.out, args.split, args.shard_size, resume=args.resume,
-        shuffle_seed=args.shuffle_seed, workers=args.workers, progress=not args.no_progress,
+        args.src,
+        args.out,
+        args.split,
+        args.shard_size,
+        resume=args.resume,
+        shuffle_seed=args.shuffle_seed,
+        workers=args.workers,
+        progress=not args.no_progress,
     )
     summary = {k: manifest[k] for k in ("split", "num_samples", "num_shards", "num_classes")}
     print(json.dumps(summary))

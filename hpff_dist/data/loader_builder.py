@@ -113,8 +113,9 @@ class LazyDaliDataLoader(DataLoader):
         return self
 
     def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in {"batch_size": self.batch_size,
-                                                   **self.kwargs}.items())
+        args = ", ".join(
+            f"{k}={v!r}" for k, v in {"batch_size": self.batch_size, **self.kwargs}.items()
+        )
         return f"dict(type='DaliImageNetLoader', {args})"
 
     __str__ = __repr__
@@ -126,7 +127,9 @@ def build_loader(config: MutableMapping[str, Any]) -> Any:
     name = config.pop("type")
     cls = DATA_LOADERS.get(name)
     if cls is None:
-        raise KeyError(f"{name!r} is not a registered data loader ({sorted(DATA_LOADERS.module_dict)})")
+        raise KeyError(
+            f"{name!r} is not a registered data loader ({sorted(DATA_LOADERS.module_dict)})"
+        )
     return cls(**config)
 
 

@@ -202,15 +202,14 @@ def _state_shapes(state: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
 
 
-def check_same_model(
-    saved: Mapping[str, Any], module: nn.Module, source: str
-) -> None:
+def check_same_model(saved: Mapping[str, Any], module: nn.Module, source: str) -> None:
     """Raise a readable error when a checkpoint's module state is from another model."""
     ours, theirs = _state_shapes(module.state_dict()), _state_shapes(saved)
     missing = sorted(set(ours) - set(theirs))
     unexpected = sorted(set(theirs) - set(ours))
     shapes = sorted(k for k in set(ours) & set(theirs) if ours[k] != theirs[k])
     if missing or unexpected or shapes:
+
         def show(keys: list[str]) -> str:
             return ", ".join(keys[:5]) + (f" ... ({len(keys)} total)" if len(keys) > 5 else "")
 
@@ -221,8 +220,7 @@ def check_same_model(
             parts.append(f"unexpected keys: {show(unexpected)}")
         if shapes:
             parts.append(
-                "shape mismatch: "
-                + ", ".join(f"{k} {theirs[k]} vs {ours[k]}" for k in shapes[:5])
+                "shape mismatch: " + ", ".join(f"{k} {theirs[k]} vs {ours[k]}" for k in shapes[:5])
             )
         raise ValueError(
             f"checkpoint {source} was saved from a different model than "
@@ -423,8 +421,12 @@ class LocalDeepSpeedStrategy(DeepSpeedStrategy):
 
         if not (torch_dist.is_available() and torch_dist.is_initialized()):
             # DeepSpeed needs a process group even for one process.
-            enable("none", backend=self._env_kwargs.get("dist_cfg", {}).get("backend"),
-                   init_backend="deepspeed", single_process_group=True)
+            enable(
+                "none",
+                backend=self._env_kwargs.get("dist_cfg", {}).get("backend"),
+                init_backend="deepspeed",
+                single_process_group=True,
+            )
         per_device = (self.dispatch_kwargs or {}).get("train_micro_batch_size_per_gpu")
         if per_device is None:
             per_device = self.config.get("train_micro_batch_size_per_gpu", 1)

@@ -160,7 +160,9 @@ def check_launcher(launcher: str, environ: Mapping[str, str]) -> None:
             "--launcher pytorch (torchrun) or --launcher slurm (srun)."
         )
     if launcher == "pytorch":
-        missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in environ]
+        missing = [
+            k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in environ
+        ]
         if missing:
             raise RuntimeError(
                 f"launcher 'pytorch' needs {', '.join(missing)} in the environment; start with "
@@ -224,8 +226,15 @@ def enable(
         environ.setdefault("MASTER_ADDR", "127.0.0.1")
         environ.setdefault("MASTER_PORT", str(free_port()))
     env = dist_env("pytorch" if launcher == "slurm" else launcher, environ, backend)
-    env = DistEnv(launcher, env.rank, env.world_size, env.local_rank, env.backend,
-                  env.master_addr, env.master_port)
+    env = DistEnv(
+        launcher,
+        env.rank,
+        env.world_size,
+        env.local_rank,
+        env.backend,
+        env.master_addr,
+        env.master_port,
+    )
     if launcher == "none" and not single_process_group:
         return env
     if torch.cuda.is_available():

@@ -59,7 +59,9 @@ class TorchvisionResNet(StagedBlockNetwork):
             raise ValueError(f"unknown torchvision model {arch!r}: {error}") from error
         if builder.__module__ != ResNet.__module__:
             raise TypeError(f"{arch!r} is not a torchvision ResNet/ResNeXt ({builder.__module__})")
-        model = builder(weights=None, num_classes=num_classes, zero_init_residual=zero_init_residual)
+        model = builder(
+            weights=None, num_classes=num_classes, zero_init_residual=zero_init_residual
+        )
         self._adopt(model, arch)
 
     @classmethod

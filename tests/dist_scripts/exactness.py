@@ -42,20 +42,31 @@ def world_max(value: float) -> float:
     return float(t.item())
 
 
-def run_ours(method, work_dir, stage, accumulation=1, optim=OPTIM, per_device=PER_DEVICE,
-             ref_clip=None, **ds):
+def run_ours(
+    method, work_dir, stage, accumulation=1, optim=OPTIM, per_device=PER_DEVICE, ref_clip=None, **ds
+):
     """(max |ours - reference| over ranks, max |ours - initial| over ranks, engine wrapper)."""
     rank, world = dist.get_rank(), dist.get_world_size()
     model = build_model(method)
     batches = make_batches(STEPS, world * accumulation, per_device)
     ref = reference_run(model, batches, clip=ref_clip)
     model_init = copy.deepcopy(model)
-    s = strategy(work_dir, zero_optimization=dict(stage=stage),
-                 gradient_accumulation_steps=accumulation, **ds)
+    s = strategy(
+        work_dir,
+        zero_optimization=dict(stage=stage),
+        gradient_accumulation_steps=accumulation,
+        **ds,
+    )
     wrapped, optim_wrapper, *_ = s.prepare(
-        model, optim_wrapper=optim,
-        dispatch_kwargs=dict(train_micro_batch_size_per_gpu=per_device, max_iters=STEPS,
-                             max_epochs=1, epoch_length=STEPS))
+        model,
+        optim_wrapper=optim,
+        dispatch_kwargs=dict(
+            train_micro_batch_size_per_gpu=per_device,
+            max_iters=STEPS,
+            max_epochs=1,
+            epoch_length=STEPS,
+        ),
+    )
     wrapped.train()
     for shards in batches:
         for m in range(accumulation):
@@ -74,10 +85,16 @@ def run_naive(method, stage):
     batches = make_batches(STEPS, world, PER_DEVICE)
     ref = reference_run(model, batches)
     engine, optimizer, *_ = deepspeed.initialize(
-        model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
-        config={"train_micro_batch_size_per_gpu": PER_DEVICE, "gradient_clipping": 0.0,
-                "zero_optimization": {"stage": stage}, "zero_allow_untested_optimizer": True,
-                "steps_per_print": 10**9})
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+        config={
+            "train_micro_batch_size_per_gpu": PER_DEVICE,
+            "gradient_clipping": 0.0,
+            "zero_optimization": {"stage": stage},
+            "zero_allow_untested_optimizer": True,
+            "steps_per_print": 10**9,
+        },
+    )
     wrapper = LocalDeepSpeedOptimWrapper(optimizer)
     wrapper.model = engine
     engine.train()
@@ -90,14 +107,17 @@ def main() -> None:
     out = sys.argv[1]
     methods = sys.argv[2].split(",") if len(sys.argv) > 2 else ["e2e", "dgl", "dgl_hpff"]
     enable("pytorch", init_backend="deepspeed")
-    results: dict[str, dict] = {"model_classes": {m: type(build_model(m)).__name__ for m in methods}}
+    results: dict[str, dict] = {
+        "model_classes": {m: type(build_model(m)).__name__ for m in methods}
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for method in methods:
             for stage in (0, 1, 2):
                 t0 = time.time()
                 diff, moved, _ = run_ours(method, tmp, stage)
                 results[f"{method}/zero{stage}"] = dict(
-                    diff=diff, moved=moved, seconds=time.time() - t0)
+                    diff=diff, moved=moved, seconds=time.time() - t0
+                )
         # several backward calls + DeepSpeed's default accumulation: must be visibly wrong
         for stage in (1, 2):
             results[f"naive/dgl_hpff/zero{stage}"] = dict(diff=run_naive("dgl_hpff", stage))

@@ -58,7 +58,8 @@ class RecordAndInterrupt(Hook):
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
         if runner.iter == 0:  # no checkpoint yet: ranks' running statistics have drifted apart
             RecordAndInterrupt.unsynced_spread = bn_rank_spread(
-                {k: v.float() for k, v in runner.model.module.state_dict().items()})
+                {k: v.float() for k, v in runner.model.module.state_dict().items()}
+            )
         if self.stop_at is not None and runner.iter + 1 == self.stop_at:
             raise KeyboardInterrupt(f"simulated interruption after iteration {self.stop_at}")
 
@@ -105,8 +106,11 @@ def config(work_dir: str, name: str, method: str = "dgl_hpff", width: int = 8, *
             param_scheduler=[
                 dict(type="LinearLR", start_factor=0.5, by_epoch=False, begin=0, end=4)
             ],
-            strategy=dict(type="LocalDeepSpeedStrategy", zero_optimization=dict(stage=2),
-                          global_batch_size=PER_DEVICE * 2),
+            strategy=dict(
+                type="LocalDeepSpeedStrategy",
+                zero_optimization=dict(stage=2),
+                global_batch_size=PER_DEVICE * 2,
+            ),
             default_hooks=dict(
                 checkpoint=dict(type="CheckpointHook", by_epoch=False, interval=2, save_last=True),
                 logger=dict(type="LoggerHook", interval=1),
@@ -195,7 +199,9 @@ def main() -> None:
     # control: mmengine's own EpochBasedTrainLoop replays the interrupted epoch from its start
     work_d = os.path.join(root, "d")
     plain = dict(type="EpochBasedTrainLoop", max_epochs=EPOCHS)
-    runner = build_runner(_with(config(work_d, "plain_interrupted", stop_at=STOP_AT), train_cfg=plain))
+    runner = build_runner(
+        _with(config(work_d, "plain_interrupted", stop_at=STOP_AT), train_cfg=plain)
+    )
     try:
         runner.train()
     except KeyboardInterrupt:
@@ -204,7 +210,8 @@ def main() -> None:
     runner.train()
     results["plain_loop_resumed_iters"] = runner.iter
     results["plain_loop_resume_param_diff"] = world_max(
-        max_diff(full, module_state(runner), params))
+        max_diff(full, module_state(runner), params)
+    )
 
     # a checkpoint from another model (different width) is refused with names
     ckpt = os.path.join(work_b, "iter_4.pth")

@@ -51,26 +51,42 @@ def build_imagenet_dataloader(
     rank, world_size = resolve_rank(rank, world_size)
     train = split == "train" if train is None else train
     drop_last = train if drop_last is None else drop_last
-    common = dict(split=split, train=train, image_size=image_size, resize_size=resize_size,
-                  max_bad_samples=max_bad_samples, normalize=normalize)
+    common = dict(
+        split=split,
+        train=train,
+        image_size=image_size,
+        resize_size=resize_size,
+        max_bad_samples=max_bad_samples,
+        normalize=normalize,
+    )
     if backend == "dali":
         from hpff_dist.data.imagenet.dali_loader import DaliImageNetLoader
 
-        return DaliImageNetLoader(root, batch_size=batch_size, num_threads=max(num_workers, 1),
-                                  device=device, rank=rank, world_size=world_size, seed=seed,
-                                  drop_last=drop_last, **common)
+        return DaliImageNetLoader(
+            root,
+            batch_size=batch_size,
+            num_threads=max(num_workers, 1),
+            device=device,
+            rank=rank,
+            world_size=world_size,
+            seed=seed,
+            drop_last=drop_last,
+            **common,
+        )
     if backend == "folder":
         from hpff_dist.data.imagenet.folder import ImageNetFolder
 
         dataset = ImageNetFolder(root, **common)
-        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=train,
-                                     seed=seed)
+        sampler = DistributedSampler(
+            dataset, num_replicas=world_size, rank=rank, shuffle=train, seed=seed
+        )
     else:
         from hpff_dist.data.imagenet.webdataset_loader import ImageNetShards
 
         dataset = ImageNetShards(root, **common)
-        sampler = ShardAwareDistributedSampler(dataset, shuffle=train, seed=seed, rank=rank,
-                                               world_size=world_size)
+        sampler = ShardAwareDistributedSampler(
+            dataset, shuffle=train, seed=seed, rank=rank, world_size=world_size
+        )
     check_batch_size(batch_size, samples_per_rank(len(dataset), world_size), drop_last)
     return EpochDataLoader(
         dataset,

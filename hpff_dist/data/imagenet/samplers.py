@@ -50,8 +50,15 @@ class ShardAwareDistributedSampler(Sampler[int]):
     def global_order(self) -> np.ndarray:
         """All indices of the epoch, padded to a multiple of ``world_size``."""
         rng = np.random.default_rng([self.seed, self.epoch])
-        ranges = [self.ranges[i] for i in rng.permutation(len(self.ranges))] if self.shuffle else self.ranges
-        parts = [rng.permutation(np.arange(lo, hi)) if self.shuffle else np.arange(lo, hi) for lo, hi in ranges]
+        ranges = (
+            [self.ranges[i] for i in rng.permutation(len(self.ranges))]
+            if self.shuffle
+            else self.ranges
+        )
+        parts = [
+            rng.permutation(np.arange(lo, hi)) if self.shuffle else np.arange(lo, hi)
+            for lo, hi in ranges
+        ]
         order = np.concatenate(parts)
         padding = self.num_samples * self.world_size - len(order)
         return np.concatenate([order, np.resize(order, padding)]) if padding else order

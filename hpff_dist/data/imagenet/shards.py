@@ -172,7 +172,12 @@ def write_shard(tar_path: str, samples: Sequence[SourceSample]) -> dict:
             with open(s.path, "rb") as f:
                 image = f.read()
             writer.write(
-                {"__key__": s.key, s.ext: image, "cls": b"%d" % s.label, "label": label_bytes(s.label)}
+                {
+                    "__key__": s.key,
+                    s.ext: image,
+                    "cls": b"%d" % s.label,
+                    "label": label_bytes(s.label),
+                }
             )
     os.replace(tmp, tar_path)
     write_dali_index(tar_path, IndexCreator)
@@ -211,7 +216,10 @@ def read_dali_index(idx_path: str) -> list[list[tuple[str, int, int]]]:
             fields = line.split()
             # v1.2 components are "ext offset size name" quadruples
             samples.append(
-                [(fields[i], int(fields[i + 1]), int(fields[i + 2])) for i in range(0, len(fields), 4)]
+                [
+                    (fields[i], int(fields[i + 1]), int(fields[i + 2]))
+                    for i in range(0, len(fields), 4)
+                ]
             )
     if len(samples) != int(header[1]):
         raise ValueError(f"{idx_path}: header says {header[1]} samples, found {len(samples)}")
@@ -314,7 +322,11 @@ def manifest_for(
         "num_classes": len(classes),
         "per_class": dict(sorted(per_class.items())),
         "shards": list(records),
-        "plan": {"fingerprint": fingerprint, "shard_size": asdict(shard_size), "seed": shuffle_seed},
+        "plan": {
+            "fingerprint": fingerprint,
+            "shard_size": asdict(shard_size),
+            "seed": shuffle_seed,
+        },
     }
 
 
@@ -333,7 +345,9 @@ def _record_of_existing(tar_path: str, samples: Sequence[SourceSample]) -> dict:
     }
 
 
-def verify_split(out: Path, shards: Sequence[Sequence[SourceSample]], records: Sequence[dict]) -> None:
+def verify_split(
+    out: Path, shards: Sequence[Sequence[SourceSample]], records: Sequence[dict]
+) -> None:
     """Read every shard's keys and int32 labels back and compare with the plan; raise on mismatch."""
     for shard, record in zip(shards, records):
         expected = [(s.key, s.label) for s in shard]
@@ -397,8 +411,13 @@ def make_split_shards(
             records[i] = _record_of_existing(tar, shard)
         else:
             todo.append(i)
-    bar = tqdm(total=len(shards), initial=len(shards) - len(todo), unit="shard",
-               desc=f"{split} shards", disable=not progress)
+    bar = tqdm(
+        total=len(shards),
+        initial=len(shards) - len(todo),
+        unit="shard",
+        desc=f"{split} shards",
+        disable=not progress,
+    )
     tasks = [(tars[i], shards[i]) for i in todo]
     if workers > 1 and len(tasks) > 1:
         with Pool(workers) as pool:
@@ -417,8 +436,9 @@ def make_split_shards(
     wids_spec = {
         "wids_version": 1,
         "name": split,
-        "shardlist": [{"url": r["url"], "nsamples": r["nsamples"], "filesize": r["filesize"]}
-                      for r in records],
+        "shardlist": [
+            {"url": r["url"], "nsamples": r["nsamples"], "filesize": r["filesize"]} for r in records
+        ],
     }
     write_json(out / WIDS_PATTERN.format(split=split), wids_spec)
     return manifest
@@ -448,7 +468,9 @@ def _check_image(tar: str, components: list[tuple[str, int, int]]) -> tuple[str,
     return None
 
 
-def find_bad_images(split: ShardedSplit, limit: int = 10, threads: int = 8) -> list[tuple[str, str, str]]:
+def find_bad_images(
+    split: ShardedSplit, limit: int = 10, threads: int = 8
+) -> list[tuple[str, str, str]]:
     """Scan a split's images with PIL; return up to ``limit`` ``(tar, key, error)`` failures.
 
     Used after DALI reports a decode failure without saying which sample failed.
