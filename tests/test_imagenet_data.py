@@ -285,29 +285,18 @@ def test_rank_and_batch_errors(monkeypatch):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_missing_data_says_what_to_put_where(backend, tmp_path):
-    with pytest.raises(DataNotFoundError) as error:
-        build_imagenet_dataloader(
-            backend,
-            str(tmp_path / "nowhere"),
-            "val",
-            batch_size=2,
-            device="cpu",
-            rank=0,
-            world_size=1,
+    def build(root):
+        return build_imagenet_dataloader(
+            backend, str(root), "val", batch_size=2, device="cpu", rank=0, world_size=1
         )
+
+    with pytest.raises(DataNotFoundError) as error:
+        build(tmp_path / "nowhere")
     message = str(error.value)
     assert ("make_shards.py" in message) if backend != "folder" else ("<wnid>" in message)
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataNotFoundError):
-        build_imagenet_dataloader(
-            backend,
-            str(tmp_path / "empty"),
-            "val",
-            batch_size=2,
-            device="cpu",
-            rank=0,
-            world_size=1,
-        )
+        build(tmp_path / "empty")
 
 
 def test_registered_in_hpff_dist_scope(shards):
