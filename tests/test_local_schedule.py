@@ -309,7 +309,8 @@ def test_one_forward_runs_each_module_once():
 
 
 @pytest.mark.parametrize("schedule", ["one_forward", "reference"])
-def test_runs_under_autocast_with_a_loss_scale(schedule):
+@pytest.mark.parametrize("backward", ["scaled_surrogate", "plain_vjp"])
+def test_runs_under_autocast_with_a_loss_scale(schedule, backward):
     torch.manual_seed(0)
     learner = build_local_learner(
         CifarResNet(14, num_classes=CLASSES),
@@ -319,7 +320,8 @@ def test_runs_under_autocast_with_a_loss_scale(schedule):
     )
     images, targets, restored = (t.float() if t.is_floating_point() else t for t in batch())
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = learner.train_step_losses(images, targets, restored, ScaledBackward(1024.0))
+        engine = ScaledBackward(1024.0) if backward == "scaled_surrogate" else PlainBackward()
+        out = learner.train_step_losses(images, targets, restored, engine)
     assert torch.isfinite(out.losses["loss_cas"])
     assert all(
         p.grad is not None and torch.isfinite(p.grad).all() for p in learner.net.parameters()
