@@ -32,6 +32,7 @@ def test_benchmark_writes_every_field_and_plots(tmp_path):
     for r in results:
         assert r["batch_size"] == 4 and r["input_shape"] == [3, 32, 32]
         assert len(r["step_times_s"]) == 2 and len(r["step_time_runs_s"]) == 2
+        assert [len(steps) for steps in r["step_times_runs_s"]] == [2, 2]
         assert min(r["step_time_runs_s"]) <= r["step_time_s"] <= max(r["step_time_runs_s"])
         assert r["peak_saved_bytes"] > 0 and r["peak_rss_bytes"] > 50 * 2**20
         assert r["cpu_malloc"] is not None  # the default runtime's allocator settings

@@ -46,3 +46,44 @@ def test_unknown_wrapper_backward_gets_the_scalar_surrogate():
     assert not backward.tensor_backward
     assert leaf_grad is not None  # the fallback fills every leaf
     assert all(g.abs().sum() > 0 for g in grads)
+
+
+def test_fp16_amp_tensor_backward_keeps_small_cotangents(monkeypatch):
+    """AMP scales the output before autograd casts the cotangent to its dtype: a float16
+    output must be scaled in float32, or true-size cotangents (~1e-8) underflow to zero."""
+    from mmengine.optim import AmpOptimWrapper
+    from mmengine.optim.optimizer import amp_optimizer_wrapper
+
+    monkeypatch.setattr(amp_optimizer_wrapper, "is_cuda_available", lambda: True)
+    torch.manual_seed(0)
+    layer = nn.Linear(8, 8).half()
+    wrapper = AmpOptimWrapper(
+        optimizer=torch.optim.SGD(layer.parameters(), lr=0.1), dtype="float16"
+    )
+    wrapper.loss_scaler = torch.amp.GradScaler("cpu")  # scale 65536
+    backward = loss_backward(wrapper)
+    assert backward.tensor_backward and backward.scale == 65536.0
+    x = torch.randn(4, 8).half()
+    cotangent = torch.full((4, 8), 1e-8)  # float32 at true scale, as the schedule keeps it
+    grads = {}
+    for path in ("vjp", "surrogate"):
+        out = layer(x)
+        if path == "vjp":
+            backward_vjp(backward, out, cotangent, list(layer.parameters()))
+        else:
+            backward((out * cotangent).sum())
+        grads[path] = layer.weight.grad.float().clone()
+        layer.zero_grad()
+    assert grads["surrogate"].abs().max() > 0
+    assert torch.equal(grads["vjp"], grads["surrogate"])
+
+
+def test_vjp_with_no_trainable_inputs_does_nothing():
+    net, wrapper = _net_and_wrapper()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    leaf = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    out = net(leaf)
+    backward_vjp(loss_backward(wrapper), out, torch.ones_like(out), list(net.parameters()))
+    backward_vjp(loss_backward(wrapper), out, torch.ones_like(out), [])
+    assert leaf.grad is None and all(p.grad is None for p in net.parameters())

@@ -55,3 +55,11 @@ def test_none_keeps_the_defaults_and_bad_settings_are_refused():
         configure_cpu_malloc(dict(mmap_threshold_mb=64))
     with pytest.raises(ValueError, match="0..2047"):
         configure_cpu_malloc(dict(trim_threshold_mb=4096))
+
+
+def test_false_off_and_preloaded_allocators_are_left_alone(monkeypatch):
+    assert configure_cpu_malloc(False) is False
+    with pytest.raises(TypeError, match="integer"):
+        configure_cpu_malloc(dict(mmap_threshold_mb=8.5))
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2")
+    assert configure_cpu_malloc() is False  # mallopt would be glibc's, ignored by jemalloc

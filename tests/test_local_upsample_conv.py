@@ -182,3 +182,14 @@ def test_reconstruction_head_equals_interpolate_then_body(
     for g, r in zip(grads, ref_grads, strict=True):
         # BN right after it makes body[0]'s bias gradient zero up to rounding: absolute floor.
         assert _rel_err(g, r, floor=1e-6) < 1e-10
+
+
+def test_inference_mode_call_does_not_poison_the_matrix_cache():
+    uc._tap_operators.cache_clear()
+    x = torch.randn(2, 4, 3, 5)
+    weight = torch.randn(6, 4, 3, 3, requires_grad=True)
+    with torch.inference_mode():
+        upsample_conv3x3(x, (11, 7), weight, None, low_resolution=True)
+    out = upsample_conv3x3(x, (11, 7), weight, None, low_resolution=True)
+    out.sum().backward()  # would fail if the cached matrices were inference tensors
+    assert weight.grad is not None

@@ -45,3 +45,14 @@ def test_channels_last_gives_the_same_gradients(method):
     assert set(ours) == set(ref) and len(ref) > 10
     for name, g in ref.items():
         torch.testing.assert_close(ours[name], g, rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_conflicting_channels_last_settings_are_refused():
+    with pytest.raises(ValueError, match="model.channels_last"):
+        MODELS.build(
+            dict(
+                type="LocalClassifier",
+                backbone=dict(type="CifarResNet", depth=8),
+                data_preprocessor=dict(channels_last=True),
+            )
+        )

@@ -12,8 +12,9 @@ entry; memory against K per method).
 
 ``--repeat R`` runs every entry R times, round-robin (entry 1, 2, ..., 1, 2, ...), so slow
 phases of a shared or virtualised machine hit all entries alike; ``step_time_s`` is then the
-median of the R runs' medians and ``step_time_runs_s`` lists them. Memory is deterministic and
-taken from the first run.
+median of the R runs' medians and ``step_time_runs_s`` lists them (``step_times_runs_s``: every
+run's steps). Saved-tensor memory is deterministic and taken from the first run;
+``peak_rss_bytes`` is the largest run's.
 """
 
 from __future__ import annotations
@@ -135,9 +136,12 @@ def run_in_fresh_process(entry: str, args: argparse.Namespace) -> dict:
 
 
 def combine_runs(runs: list[dict]) -> dict:
-    """The first run's record with ``step_time_s`` = median of the runs' medians."""
+    """The first run's record (memory is deterministic) with ``step_time_s`` = median of the
+    runs' medians, every run's median (``step_time_runs_s``) and steps (``step_times_runs_s``),
+    and ``peak_rss_bytes`` = the largest of the runs'."""
     result = dict(runs[0])
     result["step_time_runs_s"] = [r["step_time_s"] for r in runs]
+    result["step_times_runs_s"] = [r["step_times_s"] for r in runs]
     result["step_time_s"] = statistics.median(result["step_time_runs_s"])
     result["peak_rss_bytes"] = max(r["peak_rss_bytes"] for r in runs)
     return result

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from mmengine.optim import AmpOptimWrapper, OptimWrapper
 from torch import Tensor
 
@@ -38,10 +39,15 @@ class LossBackward:
     def vjp(self, output: Tensor, cotangent: Tensor, inputs: Sequence[Tensor] | None) -> None:
         """``hpff_dist.local.backward.backward_vjp`` through the wrapper: a tensor backward
         when the wrapper passes ``Tensor.backward`` keyword arguments on, else the surrogate."""
-        if self.tensor_backward:
-            self.wrapper.backward(output, **tensor_backward_kwargs(cotangent, inputs))
-        else:
+        if not self.tensor_backward:
             self((output * cotangent).sum())
+            return
+        if self.scale != 1.0 and output.dtype in (torch.float16, torch.bfloat16):
+            # The scaler multiplies the output, and autograd casts the float32 cotangent to the
+            # output's dtype before that: at true size it would underflow in float16. Scale in
+            # float32 instead, as the surrogate (promoted to float32) does; the cast saves nothing.
+            output = output.float()
+        self.wrapper.backward(output, **tensor_backward_kwargs(cotangent, inputs))
 
 
 def loss_backward(optim_wrapper: Any) -> LossBackward:

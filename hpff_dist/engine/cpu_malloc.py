@@ -9,12 +9,16 @@ the trim threshold high and the mmap threshold at its maximum keeps those pages 
 memory is unchanged, the process simply keeps its peak. Every method gets the same settings.
 
 Configured with the top-level config key ``cpu_malloc`` (``None`` leaves glibc's defaults).
+Applied only where the model trains on the CPU (no CUDA device): on a GPU node the activations
+live in CUDA's own caching allocator. An allocator preloaded with ``LD_PRELOAD`` (jemalloc,
+tcmalloc, mimalloc) keeps freed memory its own way and ignores ``mallopt``, so it is left alone.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
 from typing import Any
 
@@ -31,7 +35,7 @@ def configure_cpu_malloc(settings: dict[str, Any] | None = DEFAULT_CPU_MALLOC) -
     """Apply ``settings`` (``trim_threshold_mb``, ``mmap_threshold_mb``) with glibc's
     ``mallopt``. Returns whether they took effect: False for ``None``, on non-Linux systems
     and on C libraries without ``mallopt`` (musl), where the defaults stay."""
-    if settings is None:
+    if settings is None or settings is False:
         return False
     unknown = set(settings) - set(DEFAULT_CPU_MALLOC)
     if unknown:
@@ -39,12 +43,15 @@ def configure_cpu_malloc(settings: dict[str, Any] | None = DEFAULT_CPU_MALLOC) -
             f"cpu_malloc: unknown key(s) {sorted(unknown)}; known: {sorted(DEFAULT_CPU_MALLOC)}"
         )
     values = {**DEFAULT_CPU_MALLOC, **settings}
-    mmap_mb = int(values["mmap_threshold_mb"])
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"cpu_malloc.{key} must be an integer number of MiB, got {value!r}")
+    mmap_mb = values["mmap_threshold_mb"]
     if not 0 < mmap_mb <= MAX_MMAP_THRESHOLD_MB:
         raise ValueError(
             f"cpu_malloc.mmap_threshold_mb={mmap_mb}: glibc accepts 1..{MAX_MMAP_THRESHOLD_MB}"
         )
-    trim_mb = int(values["trim_threshold_mb"])
+    trim_mb = values["trim_threshold_mb"]
     if not 0 <= trim_mb < 2048:  # mallopt takes a C int of bytes
         raise ValueError(f"cpu_malloc.trim_threshold_mb={trim_mb}: must be in 0..2047")
     mallopt = _mallopt()
@@ -56,8 +63,13 @@ def configure_cpu_malloc(settings: dict[str, Any] | None = DEFAULT_CPU_MALLOC) -
     return ok_mmap and ok_trim
 
 
+PRELOADED_ALLOCATORS = ("jemalloc", "tcmalloc", "mimalloc")
+
+
 def _mallopt() -> Any | None:
     if not sys.platform.startswith("linux"):
+        return None
+    if any(name in os.environ.get("LD_PRELOAD", "") for name in PRELOADED_ALLOCATORS):
         return None
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

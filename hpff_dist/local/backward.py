@@ -46,6 +46,10 @@ def backward_vjp(
     gives the same parameter gradients at a higher cost. So ``inputs`` must not be relied upon
     to keep other leaves' ``.grad`` untouched.
     """
+    if inputs is not None:
+        inputs = [t for t in inputs if t.requires_grad]
+        if not inputs:
+            return  # nothing the caller needs depends on this backward
     vjp = getattr(backward, "vjp", None)
     if vjp is not None:
         vjp(output, cotangent, inputs)

@@ -84,10 +84,14 @@ def _shifted_stack(a: Tensor) -> Tensor:
 def _tap_operators(
     h: int, w: int, out_h: int, out_w: int, dtype: torch.dtype, device: torch.device
 ) -> tuple[Tensor, Tensor]:
-    """(rows (H, 3h), columns transposed (3w, W)); built once per shape, dtype and device."""
-    rows = _shifted_stack(interpolation_matrix(h, out_h, dtype))
-    cols = _shifted_stack(interpolation_matrix(w, out_w, dtype)).t().contiguous()
-    return rows.to(device), cols.to(device)
+    """(rows (H, 3h), columns transposed (3w, W)); built once per shape, dtype and device.
+
+    Built outside inference mode: a cached inference tensor could not be saved for backward
+    by a later training call."""
+    with torch.inference_mode(False):
+        rows = _shifted_stack(interpolation_matrix(h, out_h, dtype))
+        cols = _shifted_stack(interpolation_matrix(w, out_w, dtype)).t().contiguous()
+        return rows.to(device), cols.to(device)
 
 
 def prefers_low_resolution(

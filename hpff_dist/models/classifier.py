@@ -29,7 +29,9 @@ class LocalClassifier(BaseModel):
         image_size: input side length (InfoPro decoders reconstruct images of this size).
         data_preprocessor: normalisation config (``ClassifierDataPreprocessor``).
         channels_last: keep conv weights and batches in NHWC. oneDNN (CPU) and cuDNN tensor
-            cores (GPU, AMP) run convolutions faster in it; the arithmetic is the same.
+            cores (GPU, AMP) run convolutions faster in it; the arithmetic is the same. DeepSpeed
+            ZeRO re-lays parameters into its flat buffers (NCHW views): still correct, but the
+            weights lose the layout, so under ZeRO only the batches are NHWC.
     """
 
     def __init__(
@@ -44,13 +46,13 @@ class LocalClassifier(BaseModel):
         init_cfg: dict | None = None,
     ) -> None:
         # Built here (not by BaseModel) so it resolves in our registry whatever the default scope.
-        preprocessor = MODELS.build(
-            {
-                "type": "ClassifierDataPreprocessor",
-                "channels_last": channels_last,
-                **(data_preprocessor or {}),
-            }
-        )
+        preprocessor_cfg = {"type": "ClassifierDataPreprocessor", **(data_preprocessor or {})}
+        if preprocessor_cfg.setdefault("channels_last", channels_last) != channels_last:
+            raise ValueError(
+                "data_preprocessor.channels_last differs from model.channels_last; set only "
+                "model.channels_last (it lays out both the weights and the batches)"
+            )
+        preprocessor = MODELS.build(preprocessor_cfg)
         super().__init__(data_preprocessor=preprocessor, init_cfg=init_cfg)
         backbone = dict(backbone)
         backbone.setdefault("num_classes", num_classes)
