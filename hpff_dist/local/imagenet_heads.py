@@ -4,8 +4,9 @@ The CIFAR heads (``ReconstructionHead``, ``ClassifierAuxHead``) work at the feat
 width: the reference decoder upsamples e.g. 1024 channels to 224x224 before its first conv
 (our ``ReconstructionHead`` fuses that pair and mixes channels at the feature's resolution,
 which removes the wide full-resolution tensor), and the ``1c2f`` classifier runs a 3x3 conv at
-1024 channels. At 224 that costs more activation memory than the backbone saves by training
-locally. These heads, the shapes of the reference's ImageNet heads, shrink the width first:
+1024 channels. Computed plainly, at 224 that cost more activation memory than the backbone
+saves by training locally. These heads, the shapes of the reference's ImageNet heads, shrink the
+width first:
 
 * ``ProgressiveReconstructionHead``: 1x1 conv to ``width`` channels at the feature's own
   resolution, then x2 upsampling stages whose widths halve towards the image, so the tensors at
