@@ -36,7 +36,7 @@ def measure_step(
         raise ValueError(f"iters must be >= 1 to take a median, got {iters}")
     torch.manual_seed(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cpu_malloc = device.type == "cpu" and configure_cpu_malloc(cfg.get("cpu_malloc"))
+    cpu_malloc = configure_cpu_malloc(cfg.get("cpu_malloc"))
     model = MODELS.build(cfg.model).to(device)
     model.train()
     optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)

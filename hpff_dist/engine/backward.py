@@ -57,6 +57,6 @@ def loss_backward(optim_wrapper: Any) -> LossBackward:
         return own()
     tensor_backward = getattr(type(optim_wrapper), "backward", None) in _TENSOR_BACKWARDS
     scaler = getattr(optim_wrapper, "loss_scaler", None)
-    if scaler is not None and hasattr(scaler, "get_scale") and scaler.is_enabled():
-        return LossBackward(optim_wrapper, float(scaler.get_scale()), tensor_backward)
-    return LossBackward(optim_wrapper, 1.0, tensor_backward)
+    scaled = scaler is not None and hasattr(scaler, "get_scale") and scaler.is_enabled()
+    scale = float(scaler.get_scale()) if scaled else 1.0
+    return LossBackward(optim_wrapper, scale, tensor_backward)

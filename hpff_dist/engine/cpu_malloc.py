@@ -33,8 +33,9 @@ DEFAULT_CPU_MALLOC = dict(trim_threshold_mb=1024, mmap_threshold_mb=MAX_MMAP_THR
 
 def configure_cpu_malloc(settings: dict[str, Any] | None = DEFAULT_CPU_MALLOC) -> bool:
     """Apply ``settings`` (``trim_threshold_mb``, ``mmap_threshold_mb``) with glibc's
-    ``mallopt``. Returns whether they took effect: False for ``None``, on non-Linux systems
-    and on C libraries without ``mallopt`` (musl), where the defaults stay."""
+    ``mallopt``. Returns whether they took effect: False for ``None``, on a host with a CUDA
+    device, on non-Linux systems, under a preloaded allocator and on C libraries without
+    ``mallopt`` (musl), where the defaults stay."""
     if settings is None or settings is False:
         return False
     unknown = set(settings) - set(DEFAULT_CPU_MALLOC)
@@ -54,6 +55,10 @@ def configure_cpu_malloc(settings: dict[str, Any] | None = DEFAULT_CPU_MALLOC) -
     trim_mb = values["trim_threshold_mb"]
     if not 0 <= trim_mb < 2048:  # mallopt takes a C int of bytes
         raise ValueError(f"cpu_malloc.trim_threshold_mb={trim_mb}: must be in 0..2047")
+    import torch  # here, so the settings check above needs no torch
+
+    if torch.cuda.is_available():  # on a GPU node the activations are not in malloc
+        return False
     mallopt = _mallopt()
     if mallopt is None:
         return False

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from mmengine.config import Config
 from mmengine.logging import print_log
 from mmengine.runner import FlexibleRunner, Runner
@@ -92,8 +91,7 @@ def build_runner(cfg: Config) -> Runner | FlexibleRunner:
     strategy (any distributed launcher, or a ``strategy`` key). ``cfg.launcher`` is one of
     ``none``, ``pytorch``, ``slurm``; ``cfg.resume=True`` with ``load_from=None`` resumes from
     the latest checkpoint in ``work_dir``."""
-    if not torch.cuda.is_available():  # on a GPU node the activations are not in malloc
-        configure_cpu_malloc(cfg.get("cpu_malloc"))
+    configure_cpu_malloc(cfg.get("cpu_malloc"))
     materialize_dataloaders(cfg)  # loaders that are not torch Datasets (DALI) become objects
     cfg = prepare_config(cfg)
     if cfg.get("strategy") is None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch.nn.functional as F
@@ -209,15 +210,20 @@ class InfoProHead(LocalHead):
         parts = ((self.reconstruction, self.ixx), (self.classifier, self.ixy))
         return [(h, w) for h, w in parts if h is not None]
 
-    def forward(self, feature: Tensor, targets: Tensor, image: Tensor | None = None) -> HeadOutput:
+    def _combined(self, run: Callable[[LocalHead, float], HeadOutput]) -> HeadOutput:
+        """``sum(w * part loss)`` over the parts ``run(part, w)`` computes; the classifier's
+        logits."""
         loss: Tensor | float = 0.0
         logits = None
         for head, w in self._parts():
-            out = head(feature, targets, image)
+            out = run(head, w)
             loss = loss + w * out.loss
             if head is self.classifier:
                 logits = out.logits
         return HeadOutput(loss, logits)
+
+    def forward(self, feature: Tensor, targets: Tensor, image: Tensor | None = None) -> HeadOutput:
+        return self._combined(lambda head, w: head(feature, targets, image))
 
     def accumulate(
         self,
@@ -227,14 +233,9 @@ class InfoProHead(LocalHead):
         weight: float,
         backward: Backward,
     ) -> HeadOutput:
-        loss: Tensor | float = 0.0
-        logits = None
-        for head, w in self._parts():
-            out = head.accumulate(feature, targets, image, weight * w, backward)
-            loss = loss + w * out.loss
-            if head is self.classifier:
-                logits = out.logits
-        return HeadOutput(loss, logits)
+        return self._combined(
+            lambda head, w: head.accumulate(feature, targets, image, weight * w, backward)
+        )
 
 
 class NetHead(LocalHead):

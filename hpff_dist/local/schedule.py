@@ -96,7 +96,7 @@ def _finish(pending: _Pending | None, backward: Backward) -> None:
     Only the module's parameters need gradients: its input gradient (the cascade's h) was
     taken separately, so ``inputs`` lets the engine skip the first layer's input gradient.
     """
-    if pending is not None and pending.cotangent is not None and pending.params:
+    if pending is not None and pending.cotangent is not None:
         backward_vjp(backward, pending.output, pending.cotangent, pending.params)
 
 
@@ -181,7 +181,7 @@ def one_forward_step(
                 (h,) = torch.autograd.grad(a, leaf, g_cas_scaled, retain_graph=True)
                 pending.cotangent = _add(pending.cotangent, _unscale(h, backward.scale))
             _finish(pending, backward)
-        pending = _Pending(a, cotangent, [p for p in mod.parameters() if p.requires_grad])
+        pending = _Pending(a, cotangent, list(mod.parameters()))
         x = a
     _finish(pending, backward)
     return totals.result()
