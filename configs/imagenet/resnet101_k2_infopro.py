@@ -1,23 +1,4 @@
-# ResNet-101, InfoPro K=2 on ImageNet (balanced split (no published table)): the reference's ImageNet
-# settings, one decoder + classifier per local module, constant lambdas (5, 0.75).
-# Backend: DALI; for another, swap the datasets base for imagenet_webdataset.py / imagenet_folder.py.
-_base_ = [
-    "../_base_/models/imagenet_resnet101.py",
-    "../_base_/datasets/imagenet_dali.py",
-    "../_base_/schedules/imagenet_90e.py",
-    "../_base_/default_runtime.py",
-]
-model = dict(
-    method=dict(
-        method="infopro",
-        k=2,
-        aux_net="bottleneck",  # reference ImageNet aux net: 1x1 reduce, 2 strided 3x3, 1x1 expand
-        feature_dim=2048,  # the bottleneck's expand width (reference: 2048)
-        decoder="progressive",  # 1x1 reduce to decoder_width, then x2 upsampling stages
-        decoder_width=128,
-        ixx_1=5.0,  # reference ImageNet: lambda_1 = 5, lambda_2 = 0.75 on every local module
-        ixy_1=0.75,
-        ixx_2=5.0,
-        ixy_2=0.75,
-    )
-)
+# ResNet-101, InfoPro K=2 on ImageNet (balanced split (no published table)): the settings of
+# resnet101_k4_infopro.py (the reference's ImageNet recipe) with K=2.
+_base_ = ["./resnet101_k4_infopro.py"]
+model = dict(method=dict(k=2))
