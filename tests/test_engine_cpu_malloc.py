@@ -9,22 +9,33 @@ import pytest
 from hpff_dist.engine import cpu_malloc
 from hpff_dist.engine.cpu_malloc import configure_cpu_malloc
 
-# A local-learning-like pattern: several modules' activations allocated, freed, repeated.
+# A local-learning-like pattern: a module's activations allocated, touched, freed, repeated.
+# Straight through libc (malloc/memset/free), so no other heap allocation lands between the
+# blocks and glibc's behaviour is deterministic: with its adaptive thresholds the freed blocks
+# exceed the trim threshold and go back to the OS every step.
 _SCRIPT = textwrap.dedent(
     """
-    import importlib.util, resource, sys, torch
-    # the module alone (it needs only ctypes), without importing the engine package
+    import ctypes, importlib.util, resource, sys
+    # the module alone (it needs only ctypes and torch), without importing the engine package
     spec = importlib.util.spec_from_file_location("cpu_malloc", sys.argv[2])
     cpu_malloc = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cpu_malloc)
     if sys.argv[1] == "keep":
         assert cpu_malloc.configure_cpu_malloc()
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = (ctypes.c_size_t,)
+    libc.free.argtypes = (ctypes.c_void_p,)
+    libc.memset.argtypes = (ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t)
+    size = 24 << 20  # below glibc's largest mmap threshold, so the heap can keep it
     for step in range(6):
         if step == 2:
             start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        for mib in (8, 4, 2, 1):
-            activations = [torch.ones(mib << 18) for _ in range(6)]
-            del activations
+        blocks = [libc.malloc(size) for _ in range(3)]
+        for block in blocks:
+            libc.memset(block, 1, size)
+        for block in blocks:
+            libc.free(block)
     print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - start)
     """
 )
