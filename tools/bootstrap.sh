@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Bootstrap a machine for hpff-dist: the Debian packages of requirements-debian.txt, then the
+# virtual environment (pinned requirements, package installed editable).
+#
+#   tools/bootstrap.sh [debian|venv|all]      (default: all; `make train`/`make test` call it)
+#
+# Debian packages: each one not installed (dpkg status "install ok installed") is installed
+# with `apt-get install -y` and DEBIAN_FRONTEND=noninteractive: directly as root, through sudo
+# otherwise. Without apt-get (or without root and sudo) it stops and names the packages to
+# install by hand. The venv is keyed on a hash of requirements.txt + requirements.lock, the
+# editable install on a hash of pyproject.toml: a second run installs nothing.
+#
+# Environment: PYTHON (interpreter for the venv, default python3.11), VENV (default .venv),
+# DEBIAN_PACKAGES_FILE (default requirements-debian.txt).
+set -euo pipefail
+
+script=${BASH_SOURCE[0]}
+[[ $script == */* ]] || script=./$script
+cd "${script%/*}/.." # the repository root (no dirname: only bash builtins before the work)
+PYTHON=${PYTHON:-python3.11}
+VENV=${VENV:-.venv}
+DEBIAN_PACKAGES_FILE=${DEBIAN_PACKAGES_FILE:-requirements-debian.txt}
+
+say() { printf 'bootstrap: %s\n' "$*"; }
+fail() {
+    printf 'bootstrap: error: %s\n' "$*" >&2
+    exit 1
+}
+
+# Package names of the list file: comments (#) and blank lines dropped.
+debian_packages() {
+    sed -e 's/#.*//' "$DEBIAN_PACKAGES_FILE" | tr -s ' \t' '\n\n' | sed -e '/^$/d'
+}
+
+# True when dpkg knows the package as installed (a removed package whose configuration files
+# remain is "deinstall ok config-files": not installed).
+is_installed() {
+    dpkg -s "$1" 2>/dev/null | grep -qx 'Status: install ok installed'
+}
+
+# Run "VAR=value... command args" as root: directly when we are root, else through sudo.
+as_root() {
+    if [ "$(id -u)" = 0 ]; then
+        env "$@"
+    else
+        sudo "$@"
+    fi
+}
+
+install_debian_packages() {
+    local missing=() pkg
+    [ -f "$DEBIAN_PACKAGES_FILE" ] || fail "package list $DEBIAN_PACKAGES_FILE not found"
+    if ! command -v dpkg >/dev/null 2>&1; then
+        # Not a Debian system: nothing can be checked or installed here.
+        mapfile -t missing < <(debian_packages)
+    else
+        while read -r pkg; do
+            is_installed "$pkg" || missing+=("$pkg")
+        done < <(debian_packages)
+    fi
+    [ ${#missing[@]} -gt 0 ] || return 0
+
+    local hand="install them by hand (Debian/Ubuntu, as root: apt-get install -y ${missing[*]}) and run this again"
+    if ! command -v apt-get >/dev/null 2>&1; then
+        fail "missing Debian packages: ${missing[*]}; this machine has no apt-get, so $hand"
+    fi
+    if [ "$(id -u)" != 0 ] && ! command -v sudo >/dev/null 2>&1; then
+        fail "missing Debian packages: ${missing[*]}; not root and no sudo, so $hand"
+    fi
+    say "installing Debian packages: ${missing[*]}"
+    as_root DEBIAN_FRONTEND=noninteractive apt-get update -qq ||
+        fail "apt-get update failed; $hand"
+    as_root DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" || fail "apt-get install ${missing[*]} failed; $hand"
+}
+
+hash_of() { cat "$@" | sha256sum | cut -c1-16; }
+
+build_venv() {
+    export DS_BUILD_OPS=0 # DeepSpeed: no C++/CUDA op builds at install time
+    local stamp="$VENV/.installed-$(hash_of requirements.txt requirements.lock)"
+    local pkg_stamp="$VENV/.package-$(hash_of pyproject.toml)"
+    if [ ! -f "$stamp" ]; then
+        command -v "$PYTHON" >/dev/null 2>&1 ||
+            fail "$PYTHON not found; install Python 3.11 or set PYTHON=/path/to/python3.11"
+        say "building $VENV for ${stamp##*/}"
+        rm -rf "$VENV"
+        "$PYTHON" -m venv "$VENV"
+        # torch first: deepspeed's setup imports it, and pip must take the wheels on local disk.
+        "$VENV/bin/pip" install -q torch==2.14.1 torchvision==0.29.1
+        "$VENV/bin/pip" install -q -r requirements.lock -r requirements.txt
+        touch "$stamp"
+    fi
+    # The editable install is cheap: redone when pyproject.toml changes, venv kept.
+    if [ ! -f "$pkg_stamp" ]; then
+        rm -f "$VENV"/.package-*
+        "$VENV/bin/pip" install -q --no-deps --no-build-isolation -e . \
+            --config-settings editable_mode=compat
+        touch "$pkg_stamp"
+    fi
+}
+
+case "${1:-all}" in
+debian) install_debian_packages ;;
+venv) build_venv ;;
+all)
+    install_debian_packages
+    build_venv
+    ;;
+*) fail "usage: tools/bootstrap.sh [debian|venv|all], got '$1'" ;;
+esac
