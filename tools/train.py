@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
 
 from hpff_dist.engine.config import DictAction, load_config
 
@@ -28,8 +29,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    import hpff_dist  # noqa: F401  (compat fixes, registries)
-    from hpff_dist.engine.reporting import print_metrics_table
+    start = time.perf_counter()
+    from hpff_dist.engine.reporting import format_table, print_metrics_table, run_summary
     from hpff_dist.engine.runner_factory import build_runner
 
     cfg = load_config(args.config, args.cfg_options, args.work_dir, args.data_root)
@@ -40,12 +41,19 @@ def main() -> None:
         cfg.resume, cfg.load_from = True, args.resume
     runner = build_runner(cfg)
     runner.train()
+    metrics: dict[str, float] = {}
     if not args.no_test and cfg.get("test_dataloader") is not None:
         metrics = runner.test()
         if runner.rank == 0:
             print_metrics_table(metrics, title=f"test set: {os.path.basename(args.config)}")
             with open(os.path.join(cfg.work_dir, "test_metrics.json"), "w") as f:
                 json.dump(metrics, f, indent=2)
+    if runner.rank == 0:
+        summary = run_summary(runner, metrics, time.perf_counter() - start)
+        with open(os.path.join(cfg.work_dir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+        rows = {k: str(v) for k, v in summary.items()}
+        print(format_table(rows, f"run summary: {args.config}"), flush=True)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,13 @@ default_hooks = dict(
     checkpoint=dict(type="CheckpointHook", interval=1, max_keep_ckpts=3, save_last=True),
     sampler_seed=dict(type="DistSamplerSeedHook"),
 )
-custom_hooks = [dict(type="ThroughputHook")]
+# LocalLossCurvesHook: per-module local losses + val metrics -> TensorBoard, local_curves.png
+custom_hooks = [dict(type="ThroughputHook"), dict(type="LocalLossCurvesHook", interval=25)]
+# Every run logs to TensorBoard (`tensorboard --logdir WORK_DIR`) and to scalars.json.
+visualizer = dict(
+    type="Visualizer",
+    vis_backends=[dict(type="LocalVisBackend"), dict(type="TensorboardVisBackend")],
+)
 
 env_cfg = dict(
     cudnn_benchmark=True,

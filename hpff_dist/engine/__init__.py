@@ -1,7 +1,10 @@
 """Training machinery around mmengine; importing this registers our hooks, metrics and loop.
 
-The DeepSpeed strategy lives in ``deepspeed_strategy`` and is imported only when a config asks
-for it (the registries list it in ``locations``): importing DeepSpeed costs seconds.
+One job per module: ``config`` (read a file, check keys), ``resolve`` (the run config and its
+``changes``), ``runner_factory`` (``build_runner``), ``launchers``, ``batch`` (batch
+arithmetic), ``checkpoint`` (BatchNorm sync and checkpoint checks), ``deepspeed/`` (policy,
+wrappers, strategy). The DeepSpeed modules are imported when a config asks for them (the
+registries list them in ``locations``), and DeepSpeed itself only when its strategy is built.
 """
 
-from hpff_dist.engine import hooks, metrics, resumable_loop  # noqa: F401
+from hpff_dist.engine import hooks, local_curves, metrics, resumable_loop  # noqa: F401

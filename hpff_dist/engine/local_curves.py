@@ -1,0 +1,146 @@
+"""Per-module local losses and validation metrics over training: the picture of a local run.
+
+``LocalLossCurvesHook`` averages each local module's loss on each level (independent,
+cascade) over ``interval`` iterations, sends the means to the visualizer's backends
+(TensorBoard under ``local/``), keeps the history in the checkpoint (a resumed run continues
+its curves) and writes ``local_curves.json`` and ``local_curves.png`` to the work dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+
+from hpff_dist.registry import HOOKS
+
+LEVEL_TITLES = {"ind": "independent level", "cas": "cascade level"}
+
+
+@HOOKS.register_module()
+class LocalLossCurvesHook(Hook):
+    """Curves of the local losses ('m03/ind': module 3's independent head) and val metrics.
+
+    Args:
+        interval: iterations averaged into one point.
+        plot: write ``local_curves.png`` after every validation and at the end of training.
+    """
+
+    priority = "LOW"
+
+    def __init__(self, interval: int = 25, plot: bool = True) -> None:
+        if interval < 1:
+            raise ValueError(f"LocalLossCurvesHook interval must be >= 1, got {interval}")
+        self.interval = interval
+        self.plot = plot
+        self.losses: list[dict[str, Any]] = []  # {"iter", "epoch", "values": {key: mean}}
+        self.metrics: list[dict[str, Any]] = []  # {"iter", "epoch", "values": {name: value}}
+        self._sums: dict[str, Any] = {}
+        self._count = 0
+
+    # ------------------------------------------------------------------ collect
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        step_losses = getattr(model, "local_losses", None)
+        if not step_losses:
+            return
+        for key, value in step_losses.items():
+            self._sums[key] = self._sums[key] + value if key in self._sums else value.clone()
+        self._count += 1
+        if self._count >= self.interval:
+            self._flush(runner)
+
+    def _flush(self, runner) -> None:
+        if not self._count:
+            return
+        means = {k: float(v) / self._count for k, v in sorted(self._sums.items())}
+        self._sums, self._count = {}, 0
+        point = {"iter": runner.iter + 1, "epoch": runner.epoch, "values": means}
+        self.losses.append(point)
+        runner.visualizer.add_scalars(
+            {f"local/{k}": v for k, v in means.items()}, step=point["iter"]
+        )
+
+    def after_val_epoch(self, runner, metrics: dict[str, float] | None = None) -> None:
+        if metrics:
+            values = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+            self.metrics.append({"iter": runner.iter, "epoch": runner.epoch, "values": values})
+        self._write(runner)
+
+    def after_train(self, runner) -> None:
+        self._flush(runner)
+        self._write(runner)
+
+    # ------------------------------------------------------------------ resume
+    def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
+        checkpoint.setdefault("meta", {})["local_curves"] = {
+            "losses": self.losses,
+            "metrics": self.metrics,
+        }
+
+    def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        saved = checkpoint.get("meta", {}).get("local_curves")
+        if saved:
+            self.losses, self.metrics = list(saved["losses"]), list(saved["metrics"])
+
+    # ------------------------------------------------------------------ output
+    def _write(self, runner) -> None:
+        if runner.rank != 0 or not (self.losses or self.metrics):
+            return
+        history = {"losses": self.losses, "metrics": self.metrics}
+        with open(os.path.join(runner.work_dir, "local_curves.json"), "w") as f:
+            json.dump(history, f, indent=1)
+        if self.plot:
+            plot_local_curves(history, os.path.join(runner.work_dir, "local_curves.png"))
+
+
+def plot_local_curves(history: dict[str, list], path: str, title: str = "") -> None:
+    """One panel per level with a line per module (colour = depth), and one of the metrics."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib import cm, colors
+
+    losses, metrics = history["losses"], history["metrics"]
+    keys = sorted({k for point in losses for k in point["values"]})
+    modules = sorted({int(k.split("/")[0][1:]) for k in keys})
+    levels = [lv for lv in LEVEL_TITLES if any(k.endswith("/" + lv) for k in keys)]
+    panels = len(levels) + (1 if metrics else 0)
+    fig, axes = plt.subplots(1, max(panels, 1), figsize=(5.2 * max(panels, 1), 4), squeeze=False)
+    norm = colors.Normalize(vmin=min(modules, default=0), vmax=max(modules, default=1))
+    cmap = matplotlib.colormaps["viridis"]
+    for ax, level in zip(axes[0], levels, strict=False):
+        for m in modules:
+            key = f"m{m:02d}/{level}"
+            pts = [(p["iter"], p["values"][key]) for p in losses if key in p["values"]]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), color=cmap(norm(m)), lw=1.2)
+        ax.set(title=f"{LEVEL_TITLES[level]} loss per module", xlabel="iteration", ylabel="loss")
+        ax.grid(alpha=0.3)
+        fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="local module")
+    if metrics:
+        ax = axes[0][len(levels)]
+        names = sorted({k for point in metrics for k in point["values"]})
+        for name in names:
+            pts = [(p["epoch"], p["values"][name]) for p in metrics if name in p["values"]]
+            ax.plot(*zip(*pts, strict=True), marker="o", label=name)
+            last_epoch, last_value = pts[-1]
+            ax.annotate(
+                f"{last_value:.2f}",
+                (last_epoch, last_value),
+                textcoords="offset points",
+                xytext=(4, -10),
+                fontsize=8,
+            )
+        ax.set(title="validation", xlabel="epoch", ylabel="%")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
