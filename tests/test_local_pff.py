@@ -82,16 +82,29 @@ def test_patch_fused_classifier_is_the_mean_of_patch_outputs():
     assert torch.allclose(out.loss, torch.nn.functional.cross_entropy(mean, targets))
 
 
-def test_patchwise_reconstruction_gradients():
+@pytest.mark.parametrize("patch_loss, divisor", [("mean", 4), ("sum", 1)])
+def test_patchwise_reconstruction_gradients(patch_loss, divisor):
     torch.manual_seed(0)
-    head = PatchwiseReconstruction(ReconstructionHead(16), 2).double()
+    head = PatchwiseReconstruction(ReconstructionHead(16), 2, patch_loss).double()
     feat, targets, image = _inputs()
     _assert_close(
         _patchwise(head, feat, targets, image, 5.0), _at_once(head, feat, targets, image, 5.0)
     )
     pairs = zip(split_patches(feat, 2), split_patches(image, 2))
-    expected = sum(head.inner(f, targets, i).loss for f, i in pairs) / 4
+    expected = sum(head.inner(f, targets, i).loss for f, i in pairs) / divisor
     assert torch.allclose(head(feat, targets, image).loss, expected)
+
+
+def test_patchwise_sum_matches_the_reference_decoders_loss_scale():
+    """Paper PFF with patch_loss='sum' = the reference's n*n decoders' summed BCE when the
+    decoders share weights (the reference has one per patch: same scale, separate weights)."""
+    torch.manual_seed(0)
+    feat, targets, image = _inputs()
+    official = OfficialPatchDecoder(16, n=2).double()
+    for decoder in official.decoders[1:]:
+        decoder.load_state_dict(official.decoders[0].state_dict())
+    paper = PatchwiseReconstruction(official.decoders[0], 2, "sum")
+    assert torch.allclose(paper(feat, targets, image).loss, official(feat, targets, image).loss)
 
 
 def test_patch_accumulate_respects_backward_scale():

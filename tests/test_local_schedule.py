@@ -178,10 +178,8 @@ def test_k1_is_end_to_end(method):
 # ------------------------------------------------------------------ gradient isolation
 def _only(learner, module, level):
     for mod in learner.local_modules:
-        on_ind = mod.index == module and level == "ind"
-        on_cas = mod.index == module and level == "cas"
-        mod.w_ind = mod.w_ind if on_ind else 0.0
-        mod.w_cas = mod.w_cas if on_cas else 0.0
+        for lv in mod.levels:
+            lv.weight = lv.weight if (mod.index == module and lv.name == level) else 0.0
 
 
 def _touched(learner):

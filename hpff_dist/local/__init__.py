@@ -1,10 +1,12 @@
 """The local-learning core (DGL, InfoPro, HiLo, PFF): pure torch, no data/engine/distributed.
 
 Entry points: ``build_local_learner`` (net + spec dict -> ``LocalLearner``), ``build_spec``,
-``build_split_plan``, the heads, the schedules and ``SavedTensorMeter``.
+``build_split_plan``, the head registry ``HEADS``, ``register_preset``, the schedules and
+``SavedTensorMeter``.
 """
 
 from hpff_dist.local.backward import Backward, PlainBackward, ScaledBackward
+from hpff_dist.local.features import FeatureInfo, split_patches
 from hpff_dist.local.heads import (
     ClassifierAuxHead,
     ClassifierHeadBase,
@@ -13,26 +15,32 @@ from hpff_dist.local.heads import (
     LocalHead,
     NetHead,
     ReconstructionHead,
+    TaskLoss,
     aux_conv_width,
     lambda_schedule,
 )
 from hpff_dist.local.imagenet_heads import BottleneckAuxHead, ProgressiveReconstructionHead
 from hpff_dist.local.learner import LocalLearner, build_local_learner
+from hpff_dist.local.levels import Level
 from hpff_dist.local.losses import supervised_contrastive_loss
 from hpff_dist.local.memory import SavedTensorMeter, aux_peak_saved_bytes, memory_region
-from hpff_dist.local.module import LocalModule
+from hpff_dist.local.module import LocalModule, ModuleLevel
 from hpff_dist.local.network import BlockNetwork, block_id_table
-from hpff_dist.local.pff import (
-    OfficialPatchDecoder,
-    PatchFusedClassifier,
-    PatchwiseReconstruction,
-    split_patches,
-)
+from hpff_dist.local.pff import OfficialPatchDecoder, PatchFusedClassifier, PatchwiseReconstruction
+from hpff_dist.local.registry import HEADS, HeadContext, Registry
 from hpff_dist.local.schedule import StepOutput, e2e_step, one_forward_step, reference_step
-from hpff_dist.local.spec import METHODS, PRESETS, LocalSpec, PFFSpec, build_spec
+from hpff_dist.local.spec import METHODS, PRESETS, LocalSpec, PFFSpec, build_spec, register_preset
 from hpff_dist.local.split import SPLIT_TABLES, SplitPlan, balanced_split, build_split_plan
 
 __all__ = [
+    "FeatureInfo",
+    "HEADS",
+    "HeadContext",
+    "Level",
+    "ModuleLevel",
+    "Registry",
+    "TaskLoss",
+    "register_preset",
     "Backward",
     "PlainBackward",
     "ScaledBackward",

@@ -10,6 +10,10 @@ Every head speaks one interface (``LocalHead``) so schedules can treat them alik
   override it to keep one patch in flight at a time; the gradients are the same.
 
 ``image`` is the input image restored to [0, 1] (only the reconstruction heads use it).
+
+Every aux head is registered in ``hpff_dist.local.registry.HEADS`` and built from a config
+dict through its ``from_config(ctx, **cfg)``; it declares what it needs besides the feature
+(``requires``: e.g. ``{"image"}``) and the feature layouts it accepts (``layouts``).
 """
 
 from __future__ import annotations
@@ -17,13 +21,14 @@ from __future__ import annotations
 import itertools
 import re
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hpff_dist.local.backward import Backward
 from hpff_dist.local.losses import supervised_contrastive_loss
+from hpff_dist.local.registry import HEADS, HeadContext
 from hpff_dist.local.upsample_conv import upsample_conv3x3
 
 AUX_NET_CONFIGS = ("0c1f", "0c2f", "1c1f", "1c2f", "1c3f", "2c2f")
@@ -36,7 +41,28 @@ class HeadOutput(NamedTuple):
 
 
 class LocalHead(nn.Module):
-    """Base class: subclasses implement ``forward``; ``accumulate`` is forward + backward."""
+    """Base class: subclasses implement ``forward``; ``accumulate`` is forward + backward.
+
+    ``requires``: inputs besides the feature and targets this head itself reads (``"image"``:
+    the restored input image); ``needs`` adds those of the heads it contains. ``layouts``:
+    the feature layouts (``hpff_dist.local.features``) it accepts.
+    """
+
+    requires: frozenset[str] = frozenset()
+    layouts: tuple[str, ...] = ("NCHW",)
+
+    @classmethod
+    def from_config(cls, ctx: HeadContext, **kwargs: Any) -> LocalHead | None:
+        """Build for the module ``ctx`` describes; the default passes the config through."""
+        return cls(**kwargs)
+
+    @property
+    def needs(self) -> frozenset[str]:
+        found = set(self.requires)
+        for child in self.modules():
+            if isinstance(child, LocalHead):
+                found |= child.requires
+        return frozenset(found)
 
     def forward(self, feature: Tensor, targets: Tensor, image: Tensor | None = None) -> HeadOutput:
         raise NotImplementedError
@@ -102,14 +128,20 @@ class ClassifierHeadBase(LocalHead):
         return HeadOutput(self.criterion(outputs, targets), logits)
 
 
+@HEADS.register()
 class ClassifierAuxHead(ClassifierHeadBase):
     """DGL / InfoPro classifier head: ``a`` convs (+BN+ReLU), global pool, ``b`` linear layers.
 
     ``0c1f`` is greedy supervised learning (pool + linear). Hidden linear width is
     ``feature_dim * widen``. With ``loss='contrast'`` the output is a ``feature_dim``
     embedding trained with the supervised contrastive loss, else ``num_classes`` logits with
-    cross entropy.
+    cross entropy. Config: ``dict(type='ClassifierAuxHead', config='2c2f', loss=..., widen=...,
+    feature_dim=..., temperature=...)``; the input width and classes come from the context.
     """
+
+    @classmethod
+    def from_config(cls, ctx: HeadContext, **kwargs: Any) -> ClassifierAuxHead:
+        return cls(ctx.feature.channels, num_classes=ctx.num_classes, **kwargs)
 
     def __init__(
         self,
@@ -152,6 +184,7 @@ class ClassifierAuxHead(ClassifierHeadBase):
         self.net = nn.Sequential(*layers)
 
 
+@HEADS.register()
 class ReconstructionHead(LocalHead):
     """InfoPro's decoder: upsample the feature to the image size, conv-BN-ReLU-conv, BCE.
 
@@ -163,6 +196,12 @@ class ReconstructionHead(LocalHead):
     ``body[0]`` is used through its parameters (its forward hooks do not run); ``body`` keeps
     the reference's layers and state_dict keys.
     """
+
+    requires = frozenset({"image"})
+
+    @classmethod
+    def from_config(cls, ctx: HeadContext, **kwargs: Any) -> ReconstructionHead:
+        return cls(ctx.feature.channels, ctx.image_channels, **kwargs)
 
     def __init__(self, in_channels: int, image_channels: int = 3, widen: float = 1.0) -> None:
         super().__init__()
@@ -188,12 +227,35 @@ class ReconstructionHead(LocalHead):
         return HeadOutput(F.binary_cross_entropy_with_logits(logits, image))
 
 
+@HEADS.register()
 class InfoProHead(LocalHead):
     """``ixx * reconstruction + ixy * classification`` (InfoPro's lambda_1, lambda_2).
 
     A part whose weight is 0 is not built (the reference evaluates it and multiplies by 0:
     same gradients, wasted compute, and parameters that never get a gradient).
+
+    Config: ``dict(type='InfoProHead', reconstruction=<head cfg>, classifier=<head cfg>,
+    ixx_1=, ixy_1=, ixx_2=, ixy_2=)``: the weights at this module follow InfoPro's linear
+    schedule (``lambda_schedule``); where both are 0 no head is built (None).
     """
+
+    @classmethod
+    def from_config(
+        cls,
+        ctx: HeadContext,
+        reconstruction: dict | None = None,
+        classifier: dict | None = None,
+        ixx_1: float = 5.0,
+        ixy_1: float = 0.5,
+        ixx_2: float = 0.0,
+        ixy_2: float = 0.0,
+    ) -> InfoProHead | None:
+        ixx, ixy = lambda_schedule(ctx.module_index, ctx.k, ixx_1, ixy_1, ixx_2, ixy_2)
+        recon = HEADS.build(reconstruction, ctx) if ixx != 0 and reconstruction else None
+        clf = HEADS.build(classifier, ctx) if ixy != 0 and classifier else None
+        if recon is None and clf is None:
+            return None
+        return cls(recon, clf, ixx, ixy)
 
     def __init__(
         self, reconstruction: LocalHead | None, classifier: LocalHead | None, ixx: float, ixy: float
@@ -238,25 +300,33 @@ class InfoProHead(LocalHead):
         )
 
 
-class NetHead(LocalHead):
-    """Cross entropy on the network's real classifier: the last module's head.
+TaskLoss = Callable[[Tensor, Any], Tensor]
 
-    The classifier is deliberately *not* registered as a child module: it already belongs to
-    the network, and registering it twice would list its parameters twice to optimizer
-    constructors that walk the module tree.
+
+class NetHead(LocalHead):
+    """The task's own head and loss on the last module: ``loss(classifier(feature), targets)``.
+
+    The task supplies ``loss`` (classification: cross entropy, with ``ignore_index`` or label
+    smoothing as configured; segmentation: a per-pixel loss on label maps), so the core never
+    assumes what targets are. The classifier is deliberately *not* registered as a child
+    module: it already belongs to the network, and registering it twice would list its
+    parameters twice to optimizer constructors that walk the module tree.
     """
 
-    def __init__(self, classifier: nn.Module) -> None:
+    layouts = ("NCHW", "NLC")
+
+    def __init__(self, classifier: nn.Module, loss: TaskLoss = F.cross_entropy) -> None:
         super().__init__()
         object.__setattr__(self, "_classifier", classifier)
+        self.loss = loss
 
     @property
     def classifier(self) -> nn.Module:
         return self._classifier
 
-    def forward(self, feature: Tensor, targets: Tensor, image: Tensor | None = None) -> HeadOutput:
+    def forward(self, feature: Tensor, targets: Any, image: Tensor | None = None) -> HeadOutput:
         logits = self._classifier(feature)
-        return HeadOutput(F.cross_entropy(logits, targets), logits)
+        return HeadOutput(self.loss(logits, targets), logits)
 
 
 def lambda_schedule(

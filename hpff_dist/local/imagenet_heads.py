@@ -21,11 +21,13 @@ decoder), so ``PatchFusedClassifier`` / ``PatchwiseReconstruction`` wrap them un
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hpff_dist.local.heads import LOCAL_LOSSES, ClassifierHeadBase, HeadOutput, LocalHead
+from hpff_dist.local.registry import HEADS, HeadContext
 
 Size = tuple[int, int]
 
@@ -55,6 +57,7 @@ def _conv_bn_relu(cin: int, cout: int, kernel: int, stride: int = 1) -> list[nn.
     ]
 
 
+@HEADS.register()
 class ProgressiveReconstructionHead(LocalHead):
     """Decoder: 1x1 reduce, x2 upsample + conv-BN-ReLU stages, last upsample to size, conv, BCE.
 
@@ -66,6 +69,19 @@ class ProgressiveReconstructionHead(LocalHead):
     128 -> 64 -> 32 -> 16 -> 3, as in the reference). ``widen`` scales both widths. Like
     ``ReconstructionHead`` it returns logits and uses BCE-with-logits against the [0, 1] image.
     """
+
+    requires = frozenset({"image"})
+
+    @classmethod
+    def from_config(cls, ctx: HeadContext, **kwargs: Any) -> ProgressiveReconstructionHead:
+        """The upsampling stages follow from the declared feature size at ``image_size``."""
+        if ctx.image_size is None:
+            raise ValueError(
+                "ProgressiveReconstructionHead needs image_size (model.image_size) to count its "
+                "upsampling stages"
+            )
+        size = ctx.feature_size()
+        return cls(ctx.feature.channels, size, ctx.image_size, ctx.image_channels, **kwargs)
 
     def __init__(
         self,
@@ -121,6 +137,7 @@ def bottleneck_widths(in_channels: int, widen: float = 1.0) -> tuple[int, int, i
     return tuple(max(1, int(w * widen)) for w in (r, mid, 2 * mid))  # type: ignore[return-value]
 
 
+@HEADS.register()
 class BottleneckAuxHead(ClassifierHeadBase):
     """Aux classifier: 1x1 reduce, 3x3 stride 2, 3x3 stride 2, 1x1 expand, pool, linear.
 
@@ -130,6 +147,10 @@ class BottleneckAuxHead(ClassifierHeadBase):
     logits with cross entropy, or with ``loss='contrast'`` a ``feature_dim`` embedding with the
     supervised contrastive loss (as ``ClassifierAuxHead``).
     """
+
+    @classmethod
+    def from_config(cls, ctx: HeadContext, **kwargs: Any) -> BottleneckAuxHead:
+        return cls(ctx.feature.channels, num_classes=ctx.num_classes, **kwargs)
 
     def __init__(
         self,

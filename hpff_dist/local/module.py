@@ -1,4 +1,4 @@
-"""A local module as an explicit object: its layers, its heads, its loss weights.
+"""A local module as an explicit object: its layers, its heads per level, their weights.
 
 It is a plain object, not an ``nn.Module``: its layers belong to the network and its heads to
 the ``LocalLearner``; registering them here too would list parameters twice.
@@ -7,7 +7,7 @@ the ``LocalLearner``; registering them here too would list parameters twice.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
@@ -15,40 +15,63 @@ from hpff_dist.local.heads import LocalHead
 
 
 @dataclass(eq=False)
+class ModuleLevel:
+    """One level at one module: its ``head`` (None: the level skips this module), ``weight``
+    and ``span`` (1: gradient stays in the module; 2: it also reaches the module before)."""
+
+    name: str
+    span: int
+    weight: float
+    head: LocalHead | None
+
+    @property
+    def active(self) -> bool:
+        return self.head is not None and self.weight != 0
+
+
+@dataclass(eq=False)
 class LocalModule:
     """Module ``index`` of the split: ``layers`` run in order (module 0 starts with the stem).
 
-    ``ind_head`` (independent level, weight ``w_ind``) sees the module's output computed from a
-    detached input; ``cas_head`` (cascade level, weight ``w_cas``) the same output seen as the
-    end of the cascade E_{i-1} -> E_i, so its gradient also reaches module ``index - 1``.
-    A level is active when its head exists and its weight is non-zero.
+    Each level's head sees the module's output; a span-1 level's gradient stays in this
+    module, a span-2 (cascade) level's also reaches module ``index - 1``.
     """
 
     index: int
     layers: list[nn.Module]
-    ind_head: LocalHead | None
-    cas_head: LocalHead | None
-    w_ind: float
-    w_cas: float
-    is_last: bool
+    levels: list[ModuleLevel] = field(default_factory=list)
+    is_last: bool = False
 
     def __call__(self, x: Tensor) -> Tensor:
         for layer in self.layers:
             x = layer(x)
         return x
 
-    @property
-    def ind_active(self) -> bool:
-        return self.ind_head is not None and self.w_ind != 0
+    def level(self, name: str) -> ModuleLevel | None:
+        return next((lv for lv in self.levels if lv.name == name), None)
+
+    def _head(self, name: str) -> LocalHead | None:
+        lv = self.level(name)
+        return lv.head if lv is not None else None
 
     @property
-    def cas_active(self) -> bool:
-        return self.cas_head is not None and self.w_cas != 0
+    def ind_head(self) -> LocalHead | None:
+        """The independent level's head (``'ind'``), if this module has one."""
+        return self._head("ind")
+
+    @property
+    def cas_head(self) -> LocalHead | None:
+        """The cascade level's head (``'cas'``), if this module has one."""
+        return self._head("cas")
+
+    @property
+    def active_levels(self) -> list[ModuleLevel]:
+        return [lv for lv in self.levels if lv.active]
 
     @property
     def sends_cascade(self) -> bool:
-        """Whether this module's cascade loss reaches the previous module."""
-        return self.index > 0 and self.cas_active
+        """Whether a loss of this module reaches the previous module (an active span-2 level)."""
+        return self.index > 0 and any(lv.span == 2 for lv in self.active_levels)
 
     def parameters(self) -> Iterator[nn.Parameter]:
         for layer in self.layers:

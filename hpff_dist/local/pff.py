@@ -7,7 +7,10 @@ Paper variant (default): the SAME aux net sees every patch of the feature map.
   The no-graph pass leaves BatchNorm running statistics alone, so they are updated once per
   patch, as in the all-at-once computation.
 * reconstruction heads: each feature patch reconstructs the matching image patch; the loss is
-  the mean over patches, so patches are simply forwarded and backpropagated one by one.
+  the sum (``patch_loss='sum'``, the reference's effective scale: it sums n*n decoders' BCE)
+  or the mean over patches, so patches are simply forwarded and backpropagated one by one.
+* token features (``NLC``, ViT): the patches are n x n groups of the token grid; prefix tokens
+  (the class token) belong to no patch.
 Gradients equal the all-patches-at-once computation, which ``forward`` performs.
 
 ``official`` variant: what the reference code does on CIFAR: n*n separate decoders, one per
@@ -23,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from hpff_dist.local.backward import Backward, backward_vjp
+from hpff_dist.local.features import LAYOUTS, split_patches
 from hpff_dist.local.heads import (
     ClassifierHeadBase,
     HeadOutput,
@@ -30,18 +34,24 @@ from hpff_dist.local.heads import (
     ReconstructionHead,
     _detached,
 )
+from hpff_dist.local.registry import HEADS, HeadContext
 
 PFF_VARIANTS = ("paper", "official")
+PATCH_LOSSES = ("sum", "mean")
 
 
-def split_patches(x: Tensor, n: int) -> list[Tensor]:
-    """n x n spatial patches (views), row-major; uneven sizes when H or W is not divisible."""
-    h, w = x.shape[-2:]
-    if n < 1 or n > h or n > w:
-        raise ValueError(f"cannot cut a {h}x{w} map into {n}x{n} patches")
-    return [
-        p for row in torch.tensor_split(x, n, dim=-2) for p in torch.tensor_split(row, n, dim=-1)
-    ]
+def _check_n(n: int, ctx: HeadContext, key: str = "pff.n") -> None:
+    """Refuse n x n patches the module's output cannot be cut into, at build time."""
+    if n < 1:
+        raise ValueError(f"{key} must be >= 1, got {n}")
+    if ctx.image_size is not None:
+        h, w = ctx.feature_size()
+        if n > min(h, w):
+            raise ValueError(
+                f"{key}={n}: local module {ctx.module_index}'s output is {h}x{w} at image size "
+                f"{ctx.image_size[0]}x{ctx.image_size[1]}, too small for {n}x{n} patches; "
+                f"lower model.method.{key} or leave this level without PFF (pff.levels)"
+            )
 
 
 @contextmanager
@@ -60,23 +70,40 @@ def frozen_running_stats(module: nn.Module) -> Iterator[None]:
             m.track_running_stats = True
 
 
+@HEADS.register()
 class PatchFusedClassifier(LocalHead):
     """Paper PFF around a classifier / contrast head: loss of the patch-averaged output.
 
-    ``inner`` needs ``net`` (feature -> outputs), ``criterion`` and ``loss_mode``.
+    ``inner`` needs ``net`` (feature -> outputs), ``criterion`` and ``loss_mode``. Config:
+    ``dict(type='PatchFusedClassifier', n=2, head=<classifier head cfg>)``.
     """
 
-    def __init__(self, inner: ClassifierHeadBase, n: int = 2) -> None:
+    layouts = LAYOUTS
+
+    @classmethod
+    def from_config(cls, ctx: HeadContext, head: dict, n: int = 2) -> PatchFusedClassifier:
+        _check_n(n, ctx)
+        feature = ctx.feature
+        return cls(HEADS.build(head, ctx), n, feature.layout, feature.prefix_tokens)
+
+    def __init__(
+        self, inner: ClassifierHeadBase, n: int = 2, layout: str = "NCHW", prefix_tokens: int = 0
+    ) -> None:
         super().__init__()
         self.inner = inner
         self.n = n
+        self.layout = layout
+        self.prefix_tokens = prefix_tokens
+
+    def _patches(self, feature: Tensor) -> list[Tensor]:
+        return split_patches(feature, self.n, self.layout, self.prefix_tokens)
 
     def _fused(self, outputs: Tensor, targets: Tensor) -> HeadOutput:
         logits = outputs if self.inner.loss_mode == "cross_entropy" else None
         return HeadOutput(self.inner.criterion(outputs, targets), logits)
 
     def forward(self, feature: Tensor, targets: Tensor, image: Tensor | None = None) -> HeadOutput:
-        patches = split_patches(feature, self.n)
+        patches = self._patches(feature)
         mean_out = torch.stack([self.inner.net(p) for p in patches]).mean(0)
         return self._fused(mean_out, targets)
 
@@ -90,7 +117,7 @@ class PatchFusedClassifier(LocalHead):
     ) -> HeadOutput:
         if self._batchable(feature):
             return self._accumulate_pooled(feature, targets, weight, backward)
-        patches = split_patches(feature, self.n)
+        patches = self._patches(feature)
         with torch.no_grad(), frozen_running_stats(self.inner):
             mean_out = sum(self.inner.net(p) for p in patches) / len(patches)
         # float32 cotangent under AMP: true-size gradients may underflow in float16.
@@ -114,6 +141,8 @@ class PatchFusedClassifier(LocalHead):
         So one pooled pass replaces 2 n^2 small ones, with the same outputs and gradients.
         """
         net = self.inner.net
+        if self.layout != "NCHW":
+            return False
         if any(isinstance(m, (nn.Conv2d, nn.modules.batchnorm._BatchNorm)) for m in net.modules()):
             return False
         pool_first = isinstance(net[0], nn.AdaptiveAvgPool2d) and net[0].output_size in (1, (1, 1))
@@ -132,16 +161,31 @@ class PatchFusedClassifier(LocalHead):
         return _detached(out)
 
 
+@HEADS.register()
 class PatchwiseReconstruction(LocalHead):
-    """Paper PFF around a decoder: each feature patch reconstructs its image patch; mean BCE.
+    """Paper PFF around a decoder: each feature patch reconstructs its image patch.
 
     ``inner`` is any reconstruction ``LocalHead`` (interpolating or progressive decoder).
+    ``patch_loss``: ``'sum'`` of the patches' BCE (the reference's effective scale: its CIFAR
+    code sums n*n decoders' losses) or their ``'mean'`` (n*n times smaller). Config:
+    ``dict(type='PatchwiseReconstruction', n=2, patch_loss='sum', head=<decoder cfg>)``.
     """
 
-    def __init__(self, inner: LocalHead, n: int = 2) -> None:
+    @classmethod
+    def from_config(
+        cls, ctx: HeadContext, head: dict, n: int = 2, patch_loss: str = "sum"
+    ) -> PatchwiseReconstruction:
+        _check_n(n, ctx)
+        return cls(HEADS.build(head, ctx), n, patch_loss)
+
+    def __init__(self, inner: LocalHead, n: int = 2, patch_loss: str = "sum") -> None:
         super().__init__()
+        if patch_loss not in PATCH_LOSSES:
+            raise ValueError(f"patch_loss must be one of {PATCH_LOSSES}, got {patch_loss!r}")
         self.inner = inner
         self.n = n
+        self.patch_loss = patch_loss
+        self._divisor = n * n if patch_loss == "mean" else 1
 
     def _pairs(self, feature: Tensor, image: Tensor | None) -> list[tuple[Tensor, Tensor]]:
         if image is None:
@@ -150,7 +194,7 @@ class PatchwiseReconstruction(LocalHead):
 
     def forward(self, feature: Tensor, targets: Tensor, image: Tensor | None = None) -> HeadOutput:
         pairs = self._pairs(feature, image)
-        loss = sum(self.inner(f, targets, img).loss for f, img in pairs) / len(pairs)
+        loss = sum(self.inner(f, targets, img).loss for f, img in pairs) / self._divisor
         return HeadOutput(loss)
 
     def accumulate(
@@ -164,18 +208,27 @@ class PatchwiseReconstruction(LocalHead):
         pairs = self._pairs(feature, image)
         total = feature.new_zeros(())
         for f, img in pairs:
-            loss = self.inner(f, targets, img).loss / len(pairs)
+            loss = self.inner(f, targets, img).loss / self._divisor
             backward(loss * weight)
             total = total + loss.detach()
         return HeadOutput(total)
 
 
+@HEADS.register()
 class OfficialPatchDecoder(LocalHead):
     """The reference code's CIFAR 'PFF': n*n decoders, one per patch, BCE summed, one graph.
 
     ``make_decoder`` builds each decoder (default: ``ReconstructionHead``), so the variant can
-    be compared with any decoder type.
+    be compared with any decoder type. Config: ``dict(type='OfficialPatchDecoder', n=2,
+    decoder=<decoder cfg>)``.
     """
+
+    requires = frozenset({"image"})
+
+    @classmethod
+    def from_config(cls, ctx: HeadContext, decoder: dict, n: int = 2) -> OfficialPatchDecoder:
+        _check_n(n, ctx)
+        return cls(ctx.feature.channels, n=n, make_decoder=lambda: HEADS.build(decoder, ctx))
 
     def __init__(
         self,

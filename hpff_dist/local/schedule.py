@@ -14,15 +14,16 @@ All schedules follow the engine contract (``hpff_dist.local.backward``): they ne
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hpff_dist.local.backward import Backward, backward_vjp
-from hpff_dist.local.heads import HeadOutput, LocalHead
+from hpff_dist.local.heads import HeadOutput, LocalHead, TaskLoss
 from hpff_dist.local.memory import memory_region
-from hpff_dist.local.module import LocalModule
+from hpff_dist.local.module import LocalModule, ModuleLevel
 
 
 @dataclass
@@ -34,48 +35,48 @@ class StepOutput:
 
     losses: dict[str, Tensor]
     logits: Tensor | None
-    per_module: list[dict[str, Tensor]] = field(default_factory=list)
+    per_module: list[dict[str, Tensor]] = field(default_factory=list)  # [{'loss_ind': ...}]
 
 
 class _Totals:
-    """Sums the weighted per-level losses for logging."""
+    """Sums the weighted per-level losses for logging (``loss_<level>``)."""
 
     def __init__(self) -> None:
-        self.ind: Tensor | float = 0.0
-        self.cas: Tensor | float = 0.0
+        self.levels: dict[str, Tensor] = {}
         self.ce_last: Tensor | None = None
         self.logits: Tensor | None = None
         self.per_module: list[dict[str, Tensor]] = []
 
-    def add(self, mod: LocalModule, level: str, out: HeadOutput) -> None:
+    def add(self, mod: LocalModule, level: ModuleLevel, out: HeadOutput) -> None:
         loss = out.loss.detach()
-        if level == "ind":
-            self.ind = self.ind + mod.w_ind * loss
-        else:
-            self.cas = self.cas + mod.w_cas * loss
+        key = f"loss_{level.name}"
+        weighted = level.weight * loss
+        self.levels[key] = self.levels[key] + weighted if key in self.levels else weighted
         while len(self.per_module) <= mod.index:
             self.per_module.append({})
-        self.per_module[mod.index][f"loss_{level}"] = loss
+        self.per_module[mod.index][key] = loss
         if mod.is_last and out.logits is not None:
             self.ce_last = loss
             self.logits = out.logits.detach()
 
     def result(self) -> StepOutput:
         # A level no module uses (the cascade in DGL/InfoPro) is not logged as a constant 0.
-        losses = {
-            k: v
-            for k, v in (("loss_ind", self.ind), ("loss_cas", self.cas))
-            if isinstance(v, Tensor)
-        }
+        losses = dict(self.levels)
         if self.ce_last is not None:
             losses["ce_last"] = self.ce_last
         return StepOutput(losses, self.logits, self.per_module)
 
 
-def e2e_step(net: nn.Module, images: Tensor, targets: Tensor, backward: Backward) -> StepOutput:
-    """Plain end-to-end backprop: one forward, one backward of the cross entropy."""
+def e2e_step(
+    net: nn.Module,
+    images: Tensor,
+    targets: Any,
+    backward: Backward,
+    loss_fn: TaskLoss = F.cross_entropy,
+) -> StepOutput:
+    """Plain end-to-end backprop: one forward, one backward of the task's loss."""
     logits = net(images)
-    loss = F.cross_entropy(logits, targets)
+    loss = loss_fn(logits, targets)
     backward(loss)
     loss = loss.detach()
     return StepOutput({"loss_e2e": loss, "ce_last": loss}, logits.detach())
@@ -117,7 +118,7 @@ def _unscale(grad: Tensor, scale: float) -> Tensor:
 def _head_cotangent(
     head: LocalHead,
     output: Tensor,
-    targets: Tensor,
+    targets: Any,
     image: Tensor | None,
     weight: float,
     backward: Backward,
@@ -133,7 +134,7 @@ def _head_cotangent(
 def one_forward_step(
     modules: list[LocalModule],
     images: Tensor,
-    targets: Tensor,
+    targets: Any,
     image: Tensor | None,
     backward: Backward,
 ) -> StepOutput:
@@ -159,21 +160,14 @@ def one_forward_step(
 
         # Cotangents are kept at true scale (un-scaled), the ``.grad`` values are scaled.
         cotangent: Tensor | None = None
-        g_cas_scaled: Tensor | None = None
-        if mod.ind_active:
-            g_ind_scaled, out = _head_cotangent(
-                mod.ind_head, a, targets, image, mod.w_ind, backward
-            )
-            totals.add(mod, "ind", out)
-            if g_ind_scaled is not None:
-                cotangent = _add(cotangent, _unscale(g_ind_scaled, backward.scale))
-        if mod.cas_active:
-            g_cas_scaled, out = _head_cotangent(
-                mod.cas_head, a, targets, image, mod.w_cas, backward
-            )
-            totals.add(mod, "cas", out)
-            if g_cas_scaled is not None:
-                cotangent = _add(cotangent, _unscale(g_cas_scaled, backward.scale))
+        g_cas_scaled: Tensor | None = None  # span-2 levels: what E_i sends back to E_{i-1}
+        for level in mod.active_levels:
+            g_scaled, out = _head_cotangent(level.head, a, targets, image, level.weight, backward)
+            totals.add(mod, level, out)
+            if g_scaled is not None:
+                cotangent = _add(cotangent, _unscale(g_scaled, backward.scale))
+                if level.span == 2:
+                    g_cas_scaled = _add(g_cas_scaled, g_scaled)
 
         if pending is not None:
             if g_cas_scaled is not None:
@@ -190,7 +184,7 @@ def one_forward_step(
 def reference_step(
     modules: list[LocalModule],
     images: Tensor,
-    targets: Tensor,
+    targets: Any,
     image: Tensor | None,
     backward: Backward,
 ) -> StepOutput:
@@ -207,18 +201,16 @@ def reference_step(
     for mod in modules:
         loss: Tensor | float = 0.0
         x_out = mod(x_in)
-        if mod.ind_active:
+        for level in mod.active_levels:
+            if level.span == 1:
+                feature = x_out
+            else:
+                y = images if mod.index == 0 else modules[mod.index - 1](prev_in)
+                feature = mod(y)
             with memory_region("aux"):
-                out = mod.ind_head(x_out, targets, image)
-            loss = loss + mod.w_ind * out.loss
-            totals.add(mod, "ind", out)
-        if mod.cas_active:
-            y = images if mod.index == 0 else modules[mod.index - 1](prev_in)
-            z = mod(y)
-            with memory_region("aux"):
-                out = mod.cas_head(z, targets, image)
-            loss = loss + mod.w_cas * out.loss
-            totals.add(mod, "cas", out)
+                out = level.head(feature, targets, image)
+            loss = loss + level.weight * out.loss
+            totals.add(mod, level, out)
         if isinstance(loss, Tensor) and loss.requires_grad:
             backward(loss)
         prev_in = x_in.detach()

@@ -1,8 +1,11 @@
-"""The method spec: one plain dict in a config -> one validated ``LocalSpec``.
+"""The method spec: one plain dict in a config -> one validated ``LocalSpec`` -> levels.
 
-``method`` picks a preset; every other key overrides a preset value, so each choice of the
-paper (head types per level, level weights, first/last module handling, PFF) is a config
-option. Unknown keys are an error that lists the valid ones.
+``method`` picks a preset (a dict of spec values, ``PRESETS``); every other key overrides a
+preset value. The flat keys (``aux_net``, ``w_ind``, ``pff`` ...) are shorthand for the
+paper's choices: ``LocalSpec.resolved_levels()`` turns them into ``Level`` data whose heads
+are registry configs, and that is all the learner reads. ``levels=[...]`` gives the levels
+explicitly instead (any registered head, any level names/spans/weights): a new method is a
+config, not code. Unknown keys are an error that lists the valid ones.
 """
 
 from __future__ import annotations
@@ -11,31 +14,40 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from hpff_dist.local.heads import LOCAL_LOSSES, parse_aux_net
-from hpff_dist.local.pff import PFF_VARIANTS
+from hpff_dist.local.levels import Level, check_levels, level_from
+from hpff_dist.local.pff import PATCH_LOSSES, PFF_VARIANTS
+from hpff_dist.local.schedule import SCHEDULE_FUNCTIONS
 
-METHODS = ("e2e", "dgl", "infopro", "dgl_hpff", "infopro_hpff")
 HEAD_KINDS = ("classifier", "infopro")
 LEVELS = ("independent", "cascade")
 FIRST_MODULE = ("cascade_only", "independent", "both")
 LAST_MODULE = ("both", "independent", "cascade")
-SCHEDULES = ("one_forward", "reference")
 NAMED_AUX_NETS = ("bottleneck",)
 DECODERS = ("interpolate", "progressive")
 
 
 @dataclass(frozen=True)
 class PFFSpec:
-    """PFF on the aux heads: ``n`` x ``n`` patches, ``variant`` paper|official, on ``levels``."""
+    """PFF on the aux heads: ``n`` x ``n`` patches, ``variant`` paper|official, on ``levels``.
+
+    ``patch_loss`` (paper variant, decoders): ``'sum'`` of the patches' reconstruction losses,
+    the reference's effective scale (its CIFAR code sums n*n decoders' BCE), or ``'mean'``.
+    """
 
     n: int = 2
     variant: str = "paper"
     levels: tuple[str, ...] = LEVELS
+    patch_loss: str = "sum"
 
     def __post_init__(self) -> None:
         if self.n < 1:
             raise ValueError(f"pff.n must be >= 1, got {self.n}")
         if self.variant not in PFF_VARIANTS:
             raise ValueError(f"pff.variant must be one of {PFF_VARIANTS}, got {self.variant!r}")
+        if self.patch_loss not in PATCH_LOSSES:
+            raise ValueError(
+                f"pff.patch_loss must be one of {PATCH_LOSSES}, got {self.patch_loss!r}"
+            )
         bad = set(self.levels) - set(LEVELS)
         if bad:
             raise ValueError(f"pff.levels must be a subset of {LEVELS}, got {sorted(bad)}")
@@ -82,15 +94,19 @@ class LocalSpec:
     schedule: str = "one_forward"
     decoder: str = "interpolate"
     decoder_width: int = 128
+    levels: tuple[Level, ...] | None = None
 
     def __post_init__(self) -> None:
-        _check("method", self.method, METHODS)
+        if self.levels is not None:
+            object.__setattr__(self, "levels", tuple(level_from(lv) for lv in self.levels))
+            check_levels(self.levels)
+        _check("method", self.method, tuple(PRESETS))
         _check("local_loss", self.local_loss, LOCAL_LOSSES)
         _check("ind_head", self.ind_head, HEAD_KINDS)
         _check("cas_head", self.cas_head, HEAD_KINDS)
         _check("first_module", self.first_module, FIRST_MODULE)
         _check("last_module", self.last_module, LAST_MODULE)
-        _check("schedule", self.schedule, SCHEDULES)
+        _check("schedule", self.schedule, tuple(SCHEDULE_FUNCTIONS))
         _check("decoder", self.decoder, DECODERS)
         if self.aux_net not in NAMED_AUX_NETS:
             try:
@@ -101,7 +117,7 @@ class LocalSpec:
             raise ValueError(f"decoder_width must be >= 1, got {self.decoder_width}")
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
-        if self.method != "e2e" and self.w_ind == 0 and self.w_cas == 0:
+        if self.method != "e2e" and self.levels is None and self.w_ind == 0 and self.w_cas == 0:
             raise ValueError("w_ind and w_cas are both 0: no module would receive a gradient")
 
     @property
@@ -112,9 +128,96 @@ class LocalSpec:
         out = {f.name: getattr(self, f.name) for f in fields(self)}
         if self.pff is not None:
             out["pff"] = {f.name: getattr(self.pff, f.name) for f in fields(self.pff)}
+        if self.levels is not None:
+            out["levels"] = [lv.to_dict() for lv in self.levels]
         return out
 
+    def resolved_levels(self) -> tuple[Level, ...]:
+        """The levels this spec trains with: ``levels`` if given, else the shorthand's.
 
+        Shorthand: level ``'ind'`` (span 1, weight ``w_ind``, head ``ind_head``) and level
+        ``'cas'`` (span 2, ``w_cas``, ``cas_head``); ``first_module``/``last_module`` say which
+        levels module 0 and the last module take part in; levels of weight 0 are dropped.
+        """
+        if self.levels is not None:
+            return self.levels
+        ind = Level(
+            "ind",
+            1,
+            self.w_ind,
+            self.head_config(self.ind_head, "independent"),
+            first_module=self.first_module in ("independent", "both"),
+            last_module=self.last_module in ("both", "independent"),
+        )
+        cas = Level(
+            "cas",
+            2,
+            self.w_cas,
+            self.head_config(self.cas_head, "cascade"),
+            first_module=self.first_module == "both",
+            last_module=self.last_module in ("both", "cascade"),
+        )
+        return tuple(lv for lv in (ind, cas) if lv.active)
+
+    def head_config(self, kind: str, level: str) -> dict[str, Any]:
+        """The registry config of a shorthand head (``'classifier'`` or ``'infopro'``) on
+        ``level``, PFF-wrapped where ``pff`` applies to that level."""
+        pff = self.pff if self.pff is not None and level in self.pff.levels else None
+        pff = pff if pff is not None and pff.n > 1 else None
+        paper = pff is not None and pff.variant == "paper"
+        classifier = self._classifier_config()
+        if paper:
+            classifier = dict(type="PatchFusedClassifier", n=pff.n, head=classifier)
+        if kind == "classifier":
+            return classifier
+        decoder = self._decoder_config()
+        if pff is not None and pff.variant == "official":
+            reconstruction = dict(type="OfficialPatchDecoder", n=pff.n, decoder=decoder)
+        elif paper:
+            reconstruction = dict(
+                type="PatchwiseReconstruction", n=pff.n, patch_loss=pff.patch_loss, head=decoder
+            )
+        else:
+            reconstruction = decoder
+        return dict(
+            type="InfoProHead",
+            reconstruction=reconstruction,
+            classifier=classifier,
+            ixx_1=self.ixx_1,
+            ixy_1=self.ixy_1,
+            ixx_2=self.ixx_2,
+            ixy_2=self.ixy_2,
+        )
+
+    def _classifier_config(self) -> dict[str, Any]:
+        common = dict(loss=self.local_loss, widen=self.widen, temperature=self.temperature)
+        if self.aux_net == "bottleneck":
+            # feature_dim: the 1x1 expand width and, with loss='contrast', the embedding width.
+            return dict(
+                type="BottleneckAuxHead",
+                expand=self.feature_dim,
+                feature_dim=self.feature_dim,
+                **common,
+            )
+        return dict(
+            type="ClassifierAuxHead", config=self.aux_net, feature_dim=self.feature_dim, **common
+        )
+
+    def _decoder_config(self) -> dict[str, Any]:
+        if self.decoder == "progressive":
+            return dict(
+                type="ProgressiveReconstructionHead", width=self.decoder_width, widen=self.widen
+            )
+        return dict(type="ReconstructionHead", widen=self.widen)
+
+
+# The HPFF presets, held against the authors' code (docs/method.md, "Fidelity"): with the
+# reference's heads (pff.variant='official') our one-forward schedule gives its gradients to
+# float64 precision. With the paper's PFF (the default) the decoder loss is the *sum* over the
+# n x n patches (patch_loss='sum'), which is the reference's effective reconstruction weight
+# (it sums n*n decoders' BCE). BatchNorm running statistics move once per step here; the
+# reference's repeated forwards move them once in the stem, twice in the first and last
+# blocks and three times in the others.
 _HPFF_COMMON: dict[str, Any] = dict(
     w_ind=0.001,
     w_cas=0.999,
@@ -129,6 +232,25 @@ PRESETS: dict[str, dict[str, Any]] = {
     "dgl_hpff": dict(ind_head="classifier", cas_head="classifier", **_HPFF_COMMON),
     "infopro_hpff": dict(ind_head="classifier", cas_head="infopro", **_HPFF_COMMON),
 }
+
+
+#: the built-in methods; ``register_preset`` adds more.
+METHODS = tuple(PRESETS)
+
+
+def register_preset(name: str, values: dict[str, Any], force: bool = False) -> None:
+    """A new method is a named dict of spec values (typically ``levels=[...]``): after
+    ``register_preset('my_method', dict(levels=...))`` configs say ``method='my_method'``."""
+    if name in PRESETS and not force:
+        raise KeyError(f"method {name!r} is already a preset")
+    valid = {f.name for f in fields(LocalSpec)} - {"method"}
+    unknown = set(values) - valid
+    if unknown:
+        raise ValueError(
+            f"unknown local-learning keys {sorted(unknown)}; valid keys: {sorted(valid)}"
+        )
+    PRESETS[name] = dict(values)
+    build_spec(dict(method=name))  # validate now, not when a job starts
 
 
 def _check(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -167,12 +289,14 @@ def build_spec(config: dict[str, Any] | LocalSpec) -> LocalSpec:
             f"unknown local-learning keys {sorted(unknown)}; valid keys: {sorted(valid)}"
         )
     if "method" not in config:
-        raise ValueError(f"the spec needs a 'method', one of {METHODS}")
+        raise ValueError(f"the spec needs a 'method', one of {tuple(PRESETS)}")
     method = config["method"]
-    _check("method", method, METHODS)
+    _check("method", method, tuple(PRESETS))
     values = {**PRESETS[method], **config}
     if "pff" in values:
         values["pff"] = _pff_from(values["pff"])
+    if values.get("levels") is not None:
+        values["levels"] = tuple(values["levels"])
     return LocalSpec(**values)
 
 
@@ -180,7 +304,17 @@ def with_overrides(spec: LocalSpec, **changes: Any) -> LocalSpec:
     """A copy of ``spec`` with some fields changed (``pff`` may be a dict)."""
     if "pff" in changes:
         changes["pff"] = _pff_from(changes["pff"])
+    if changes.get("levels") is not None:
+        changes["levels"] = tuple(changes["levels"])
     return replace(spec, **changes)
 
 
-__all__ = ["LocalSpec", "PFFSpec", "PRESETS", "METHODS", "build_spec", "with_overrides"]
+__all__ = [
+    "LocalSpec",
+    "PFFSpec",
+    "PRESETS",
+    "METHODS",
+    "build_spec",
+    "register_preset",
+    "with_overrides",
+]

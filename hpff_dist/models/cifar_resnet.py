@@ -11,6 +11,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from hpff_dist.local.features import FeatureInfo
 from hpff_dist.models.block_network import StagedBlockNetwork
 
 
@@ -70,16 +71,17 @@ class CifarResNet(StagedBlockNetwork):
             nn.ReLU(inplace=True),
         )
         blocks: list[nn.Module] = []
-        channels: list[int] = []
-        in_ch = widths[0]
+        info: list[FeatureInfo] = []
+        in_ch, reduction = widths[0], 1
         for stage, out_ch in enumerate(widths[1:]):
             for i in range(n):
                 stride = 2 if (stage > 0 and i == 0) else 1
+                reduction *= stride
                 blocks.append(BasicBlock(in_ch, out_ch, stride))
-                channels.append(out_ch)
+                info.append(FeatureInfo(out_ch, reduction))
                 in_ch = out_ch
         self.blocks = nn.ModuleList(blocks)
-        self._block_channels = channels
+        self._feature_info = info
         self.head = ClassifierHead(in_ch, num_classes)
         self._init_weights()
 

@@ -1,25 +1,33 @@
 """Image classifier trained end-to-end or with local learning, as an mmengine ``BaseModel``.
 
 The backbone is any ``BlockNetwork`` from the registry; ``method`` (a plain dict, see
-``hpff_dist.local``) decides how it is trained. ``train_step`` hands the schedule the optim
-wrapper's backward and makes exactly one optimizer step per batch, so mmengine's loops, hooks,
-AMP and our DeepSpeed strategy all see an ordinary train step.
+``hpff_dist.local``) decides how it is trained. The train step is the shared one
+(``hpff_dist.models.local_step``); this class adds what is classification's own: the
+cross-entropy task loss of the last module, accuracy in the log, logits at inference.
 """
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import torch
+import torch.nn.functional as F
 from mmengine.model import BaseModel
 from torch import Tensor
 
-from hpff_dist.engine.backward import loss_backward
 from hpff_dist.local import build_local_learner
 from hpff_dist.local.network import BlockNetwork
+from hpff_dist.local.schedule import StepOutput
+from hpff_dist.models.local_step import LocalTrainStepMixin
 from hpff_dist.registry import MODELS
+
+#: keyword arguments of ``torch.nn.functional.cross_entropy`` the ``loss`` option may set.
+CROSS_ENTROPY_OPTIONS = ("ignore_index", "label_smoothing")
 
 
 @MODELS.register_module()
-class LocalClassifier(BaseModel):
+class LocalClassifier(LocalTrainStepMixin, BaseModel):
     """Backbone + training method (e2e, dgl, infopro, dgl_hpff, infopro_hpff).
 
     Args:
@@ -28,6 +36,8 @@ class LocalClassifier(BaseModel):
         arch: name of the split table to use (``resnet32`` ...); ``None`` = balanced split.
         image_size: input side length (InfoPro decoders reconstruct images of this size).
         data_preprocessor: normalisation config (``ClassifierDataPreprocessor``).
+        loss: options of the task's cross entropy (``ignore_index``, ``label_smoothing``),
+            used by the last module's head and by E2E.
         channels_last: keep conv weights and batches in NHWC. oneDNN (CPU) and cuDNN tensor
             cores (GPU, AMP) run convolutions faster in it; the arithmetic is the same. DeepSpeed
             ZeRO re-lays parameters into its flat buffers (NCHW views): still correct, but the
@@ -43,6 +53,7 @@ class LocalClassifier(BaseModel):
         image_size: int = 32,
         data_preprocessor: dict | None = None,
         channels_last: bool = False,
+        loss: dict | None = None,
         init_cfg: dict | None = None,
     ) -> None:
         # Built here (not by BaseModel) so it resolves in our registry whatever the default scope.
@@ -62,6 +73,12 @@ class LocalClassifier(BaseModel):
                 f"backbone {backbone['type']!r} must expose stem/blocks/head/block_ids/"
                 "block_channels (hpff_dist.local.network.BlockNetwork)"
             )
+        loss = dict(loss or {})
+        unknown = set(loss) - set(CROSS_ENTROPY_OPTIONS)
+        if unknown:
+            raise ValueError(
+                f"unknown model.loss keys {sorted(unknown)}; valid keys: {CROSS_ENTROPY_OPTIONS}"
+            )
         self.learner = build_local_learner(
             net,
             arch,
@@ -69,9 +86,13 @@ class LocalClassifier(BaseModel):
             dict(method or {"method": "e2e"}),
             image_size=image_size,
             image_channels=int(self.data_preprocessor.mean.shape[1]),
+            task_loss=functools.partial(F.cross_entropy, **loss) if loss else F.cross_entropy,
         )
         if channels_last:
             self.learner.to(memory_format=torch.channels_last)
+        # The last train step's loss of every local module and level ('m03/ind', 'm03/cas'),
+        # detached: read by ``LocalLossCurvesHook``.
+        self.local_losses: dict[str, Tensor] = {}
 
     @property
     def net(self) -> BlockNetwork:
@@ -95,25 +116,7 @@ class LocalClassifier(BaseModel):
             )
         raise ValueError(f"unknown mode {mode!r}: use 'tensor', 'predict' or 'loss'")
 
-    def train_step(self, data, optim_wrapper) -> dict[str, Tensor]:
-        counts = getattr(optim_wrapper, "_accumulative_counts", 1)
-        if counts != 1 and getattr(optim_wrapper, "loss_backward", None) is None:
-            # mmengine's OptimWrapper counts backward calls, not steps, and ``step()`` ignores
-            # the count: with several backward calls per step accumulation would be wrong.
-            raise ValueError(
-                f"optim_wrapper.accumulative_counts={counts} is not supported by the single-process "
-                "local-learning step; use strategy=dict(type='LocalDeepSpeedStrategy', "
-                "gradient_accumulation_steps=N) or a larger batch"
-            )
-        backward = loss_backward(optim_wrapper)
-        with optim_wrapper.optim_context(self):
-            batch = self.data_preprocessor(data, True)
-            out = self.learner.train_step_losses(
-                batch["inputs"], batch["targets"], batch["images"], backward
-            )
-        optim_wrapper.step()
-        optim_wrapper.zero_grad()
-        log_vars = {k: v.detach() for k, v in out.losses.items()}
-        if out.logits is not None:
-            log_vars["acc"] = (out.logits.argmax(1) == batch["targets"]).float().mean() * 100
-        return log_vars
+    def task_log_vars(self, out: StepOutput, batch: dict[str, Any]) -> dict[str, Tensor]:
+        if out.logits is None:
+            return {}
+        return {"acc": (out.logits.argmax(1) == batch["targets"]).float().mean() * 100}

@@ -24,6 +24,7 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models import ResNet
 
+from hpff_dist.local.features import FeatureInfo
 from hpff_dist.models.block_network import StagedBlockNetwork
 from hpff_dist.registry import MODELS
 
@@ -36,6 +37,11 @@ def _block_out_channels(block: nn.Module) -> int:
     """Output width of a torchvision Bottleneck (bn3) or BasicBlock (bn2)."""
     last_bn = block.bn3 if hasattr(block, "bn3") else block.bn2
     return int(last_bn.num_features)
+
+
+def _stride(layer: nn.Module) -> int:
+    stride = layer.stride
+    return int(stride[0] if isinstance(stride, tuple) else stride)
 
 
 @MODELS.register_module()
@@ -85,7 +91,13 @@ class TorchvisionResNet(StagedBlockNetwork):
         self.head = nn.Sequential(
             OrderedDict(avgpool=model.avgpool, flatten=nn.Flatten(1), fc=model.fc)
         )
-        self._block_channels = [_block_out_channels(b) for b in self.blocks]
+        # The stem reduces 4x (stride-2 conv, stride-2 max pool); a block reduces by its
+        # stride (torchvision keeps it on the block; dilated stages have stride 1).
+        info, reduction = [], _stride(model.conv1) * _stride(model.maxpool)
+        for block in self.blocks:
+            reduction *= int(block.stride)
+            info.append(FeatureInfo(_block_out_channels(block), reduction))
+        self._feature_info = info
 
     def extra_repr(self) -> str:
         return f"arch={self.arch}, stage_depths={self.stage_depths}"
