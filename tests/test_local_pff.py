@@ -164,3 +164,18 @@ def test_pool_first_heads_take_the_one_pass_path_exactly(size, n):
     _assert_close(
         _patchwise(head, feat, targets, None, 0.7), _at_once(head, feat, targets, None, 0.7)
     )
+
+
+@pytest.mark.parametrize(("size", "n", "pool"), [(8, 2, 2), (12, 3, 2), (6, 2, 2), (9, 3, 3)])
+def test_grid_pooled_heads_take_the_one_pass_path_exactly(size, n, pool):
+    """A head pooling to p x p: each patch's grid is a block of an (n p) x (n p) pool."""
+    torch.manual_seed(0)
+    inner = ClassifierAuxHead(16, "0c2f", 3, feature_dim=8, pool=pool)
+    assert inner.net[2].in_features == 16 * pool * pool
+    head = PatchFusedClassifier(inner, n).double()
+    feat = torch.randn(4, 16, size, size, dtype=torch.float64)
+    targets = torch.tensor([0, 1, 2, 1])
+    assert head._batchable(feat) == (size % (n * pool) == 0)
+    _assert_close(
+        _patchwise(head, feat, targets, None, 0.7), _at_once(head, feat, targets, None, 0.7)
+    )

@@ -135,8 +135,11 @@ class ClassifierAuxHead(ClassifierHeadBase):
     ``0c1f`` is greedy supervised learning (pool + linear). Hidden linear width is
     ``feature_dim * widen``. With ``loss='contrast'`` the output is a ``feature_dim``
     embedding trained with the supervised contrastive loss, else ``num_classes`` logits with
-    cross entropy. Config: ``dict(type='ClassifierAuxHead', config='2c2f', loss=..., widen=...,
-    feature_dim=..., temperature=...)``; the input width and classes come from the context.
+    cross entropy. ``pool``: side of the average pool before the linear layers (1: global
+    pool, the reference; 2: a 2x2 grid flattened, DGL's spatially-reduced aux net, which keeps
+    where in the map a feature fired at the same cost). Config: ``dict(type='ClassifierAuxHead',
+    config='2c2f', pool=1, loss=..., widen=..., feature_dim=..., temperature=...)``; the input
+    width and classes come from the context.
     """
 
     @classmethod
@@ -152,11 +155,15 @@ class ClassifierAuxHead(ClassifierHeadBase):
         widen: float = 1.0,
         feature_dim: int = 128,
         temperature: float = 0.07,
+        pool: int = 1,
     ) -> None:
         super().__init__()
         if loss not in LOCAL_LOSSES:
             raise ValueError(f"local loss must be one of {LOCAL_LOSSES}, got {loss!r}")
+        if pool < 1:
+            raise ValueError(f"aux head pool must be >= 1, got {pool}")
         n_conv, n_fc = parse_aux_net(config)
+        self.pool = pool
         self.config = config
         self.loss_mode = loss
         self.temperature = temperature
@@ -174,7 +181,8 @@ class ClassifierAuxHead(ClassifierHeadBase):
                     nn.ReLU(),
                 ]
                 channels = width
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        layers += [nn.AdaptiveAvgPool2d(pool), nn.Flatten()]
+        channels *= pool * pool
         for j in range(n_fc):
             last = j == n_fc - 1
             layers.append(nn.Linear(channels, out_dim if last else hidden))

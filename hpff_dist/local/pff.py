@@ -135,33 +135,42 @@ class PatchFusedClassifier(LocalHead):
     def _batchable(self, feature: Tensor) -> bool:
         """Whether the patches can go through the head in one pass at no memory cost.
 
-        A head that starts with a global average pool and has no convolution or BatchNorm
-        (``0cXf``: pool + MLP) treats every sample on its own, and the patches' pooled vectors
-        are exactly the cells of an n x n average pool of the whole map (when n divides it).
-        So one pooled pass replaces 2 n^2 small ones, with the same outputs and gradients.
+        A head that starts with an average pool to p x p and has no convolution or BatchNorm
+        (``0cXf``: pool + MLP) treats every sample on its own, and each patch's pooled p x p
+        grid is exactly a p x p block of an (n p) x (n p) average pool of the whole map (when
+        n p divides it). So one pooled pass replaces 2 n^2 small ones, with the same outputs
+        and gradients.
         """
         net = self.inner.net
         if self.layout != "NCHW":
             return False
         if any(isinstance(m, (nn.Conv2d, nn.modules.batchnorm._BatchNorm)) for m in net.modules()):
             return False
-        pool_first = isinstance(net[0], nn.AdaptiveAvgPool2d) and net[0].output_size in (1, (1, 1))
+        if not isinstance(net[0], nn.AdaptiveAvgPool2d):
+            return False
+        size = net[0].output_size
+        side = size if isinstance(size, int) else size[0]
+        if not isinstance(side, int) or size not in (side, (side, side)):
+            return False
         h, w = feature.shape[-2:]
-        return pool_first and h % self.n == 0 and w % self.n == 0
+        return h % (self.n * side) == 0 and w % (self.n * side) == 0
 
     def _accumulate_pooled(
         self, feature: Tensor, targets: Tensor, weight: float, backward: Backward
     ) -> HeadOutput:
-        n, batch = self.n, feature.shape[0]
-        pooled = nn.functional.adaptive_avg_pool2d(feature, n)  # (B, C, n, n): patch means
-        outputs = self.inner.net(pooled.permute(2, 3, 0, 1).reshape(n * n * batch, -1, 1, 1))
+        n, batch, channels = self.n, feature.shape[0], feature.shape[1]
+        size = self.inner.net[0].output_size
+        p = size if isinstance(size, int) else size[0]
+        pooled = nn.functional.adaptive_avg_pool2d(feature, n * p)  # (B, C, n p, n p)
+        # (B, C, n, p, n, p) -> (n, n, B, C, p, p): patch (i, j)'s p x p means, row-major.
+        cells = pooled.view(batch, channels, n, p, n, p).permute(2, 4, 0, 1, 3, 5)
+        outputs = self.inner.net(cells.reshape(n * n * batch, channels, p, p))
         mean_out = outputs.view(n * n, batch, -1).mean(0)
         out = self._fused(mean_out, targets)
         backward(out.loss * weight)
         return _detached(out)
 
 
-@HEADS.register()
 class PatchwiseReconstruction(LocalHead):
     """Paper PFF around a decoder: each feature patch reconstructs its image patch.
 

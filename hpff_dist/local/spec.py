@@ -66,6 +66,7 @@ class LocalSpec:
     net's real classifier trains the last module (the reference: ``'both'``).
     ``ixx_*``/``ixy_*``: InfoPro's lambda_1/lambda_2 at the first and last local module.
     ``schedule``: ``'one_forward'`` (ours) or ``'reference'`` (the reference's three paths).
+    ``aux_pool``: the classifier heads' pool side (1: global, the reference; 2: a 2x2 grid).
     ``aux_net``: ``'<a>c<b>f'`` (CIFAR-style ``ClassifierAuxHead``) or ``'bottleneck'``
     (``BottleneckAuxHead``: 1x1 reduce, two stride-2 3x3 convs, 1x1 expand to ``feature_dim``).
     ``decoder``: InfoPro's decoder, ``'interpolate'`` (``ReconstructionHead``: upsample the
@@ -76,6 +77,7 @@ class LocalSpec:
     method: str
     k: int = 16
     aux_net: str = "2c2f"
+    aux_pool: int = 1
     local_loss: str = "cross_entropy"
     widen: float = 1.0
     feature_dim: int = 128
@@ -113,6 +115,8 @@ class LocalSpec:
                 parse_aux_net(self.aux_net)
             except ValueError as err:
                 raise ValueError(f"{err}, or one of {NAMED_AUX_NETS}") from None
+        if self.aux_pool < 1:
+            raise ValueError(f"aux_pool must be >= 1, got {self.aux_pool}")
         if self.decoder_width < 1:
             raise ValueError(f"decoder_width must be >= 1, got {self.decoder_width}")
         if self.k < 1:
@@ -200,7 +204,11 @@ class LocalSpec:
                 **common,
             )
         return dict(
-            type="ClassifierAuxHead", config=self.aux_net, feature_dim=self.feature_dim, **common
+            type="ClassifierAuxHead",
+            config=self.aux_net,
+            feature_dim=self.feature_dim,
+            pool=self.aux_pool,
+            **common,
         )
 
     def _decoder_config(self) -> dict[str, Any]:
