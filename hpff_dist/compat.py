@@ -1,8 +1,15 @@
 """Workarounds for incompatibilities between our pinned third-party packages.
 
-Every fix is one function, applied once by :func:`apply_all` (called when ``hpff_dist`` is
-imported), idempotent, and covered by a test in ``tests/test_compat.py`` that fails if the fix
-is removed. Each says why it exists so it can be dropped when upstream catches up.
+Every fix is one function, idempotent, and covered by a test in ``tests/test_compat.py`` that
+fails if the fix is removed. Each says why it exists so it can be dropped when upstream catches
+up. Nothing is applied by ``import hpff_dist``; the entry points apply the fixes explicitly:
+
+* :func:`apply_all` (the cheap fixes): ``build_runner`` and the tools that build models or
+  runners without it (``tools/benchmark_dist.py``, the benchmark's ``measure_step``);
+* :func:`register_deepspeed_optimizers_once`: the DeepSpeed strategy module, on import;
+* :func:`defer_deepspeed_import_in_mmengine`: ``hpff_dist.engine.mmengine_runner``, which
+  every module of ours imports mmengine's runner classes from (it must run before
+  ``mmengine.runner`` is first imported, so it cannot wait for an entry point).
 """
 
 from __future__ import annotations
@@ -32,10 +39,6 @@ def allow_mmengine_checkpoints_under_weights_only() -> None:
     exactly those types, so resuming works and arbitrary pickles are still refused."""
     if not _once("weights_only"):
         return
-    import codecs
-
-    import numpy as np
-    from mmengine.config.config import ConfigDict
     from mmengine.logging.history_buffer import HistoryBuffer
 
     # HistoryBuffer pickles its statistics methods as ``getattr(HistoryBuffer, 'mean')``;
@@ -52,11 +55,25 @@ def allow_mmengine_checkpoints_under_weights_only() -> None:
         return state
 
     HistoryBuffer.__getstate__ = getstate
+    torch.serialization.add_safe_globals(mmengine_checkpoint_globals())
+
+
+def mmengine_checkpoint_globals() -> list:
+    """The non-tensor types an mmengine checkpoint's pickled state holds (message hub history,
+    numpy scalars/arrays, ``ConfigDict``): allowed globally by
+    :func:`allow_mmengine_checkpoints_under_weights_only`, and for one load by the DeepSpeed
+    checkpoint check (``hpff_dist.engine.checkpoint``)."""
+    import codecs
+
+    import numpy as np
+    from mmengine.config.config import ConfigDict
+    from mmengine.logging.history_buffer import HistoryBuffer
+
     multiarray = np._core.multiarray
     safe = [HistoryBuffer, ConfigDict, np.dtype, np.ndarray, multiarray._reconstruct]
     safe += [multiarray.scalar, codecs.encode]
     safe += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
-    torch.serialization.add_safe_globals(safe)
+    return safe
 
 
 def skip_cuda_set_device_without_gpu() -> None:
@@ -172,13 +189,56 @@ def provide_mmcv_ops_without_compiled_extension() -> None:
     mmcv.ops = module
 
 
+class _DeferredDeepSpeed(types.ModuleType):
+    """Stands for ``deepspeed`` in mmengine's strategy module until one of its attributes is
+    read; then imports the real package and puts it in the stand-in's place."""
+
+    def __init__(self, owner: types.ModuleType) -> None:
+        super().__init__("deepspeed", "hpff_dist stand-in: DeepSpeed, imported on first use")
+        self._owner = owner
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") and name.endswith("__") and name != "__version__":
+            raise AttributeError(name)  # copy/pickle/inspect probes must not import DeepSpeed
+        real = importlib.import_module("deepspeed")
+        if getattr(self._owner, "deepspeed", None) is self:
+            self._owner.deepspeed = real
+        return getattr(real, name)
+
+
+def defer_deepspeed_import_in_mmengine() -> None:
+    """``mmengine.runner`` imports ``mmengine._strategy.deepspeed``, whose first line is
+    ``import deepspeed``: seconds, an accelerator probe and its warnings at every start, also
+    for single-process runs that never use DeepSpeed. We import mmengine's runner package while
+    ``import deepspeed`` fails (mmengine then keeps ``deepspeed = None``), and replace that
+    ``None`` by a stand-in that imports DeepSpeed the first time mmengine's DeepSpeed strategy
+    reads an attribute of it (``deepspeed.initialize``, ``deepspeed.__version__``). mmengine's
+    and our DeepSpeed strategies work unchanged. Does nothing when DeepSpeed is not installed or
+    ``mmengine.runner`` was imported already (DeepSpeed is then loaded anyway)."""
+    if not _once("defer_deepspeed"):
+        return
+    if "mmengine._strategy.deepspeed" in sys.modules or "deepspeed" in sys.modules:
+        return
+    if importlib.util.find_spec("deepspeed") is None:
+        return
+    sys.modules["deepspeed"] = None  # type: ignore[assignment]  # makes `import deepspeed` fail
+    try:
+        importlib.import_module("mmengine.runner")
+        ms_deepspeed = importlib.import_module("mmengine._strategy.deepspeed")
+    finally:
+        if "deepspeed" in sys.modules and sys.modules["deepspeed"] is None:
+            del sys.modules["deepspeed"]
+    if ms_deepspeed.deepspeed is None:
+        ms_deepspeed.deepspeed = _DeferredDeepSpeed(ms_deepspeed)
+
+
 def register_deepspeed_optimizers_once() -> None:
     """mmengine's ``DeepSpeedStrategy.__init__`` registers DeepSpeed's optimizers without
     ``force``, so a second strategy in one process (a resumed run, a test sweeping ZeRO stages,
     a benchmark) dies with ``KeyError: DeepSpeedCPUAdam is already registered``. Registration
     now happens once and later calls return the same names. Applied by
-    ``hpff_dist.engine.deepspeed_strategy`` on import, not by :func:`apply_all`, because it
-    imports DeepSpeed (seconds) and only DeepSpeed runs need it."""
+    ``hpff_dist.engine.deepspeed.strategy`` on import, not by :func:`apply_all`: only DeepSpeed
+    runs need it (registering imports DeepSpeed; the patch itself does not)."""
     if not _once("deepspeed_register_once"):
         return
     provide_deepspeed_onebit_module()
@@ -204,8 +264,8 @@ def register_deepspeed_optimizers_once() -> None:
 
 
 def apply_all() -> None:
-    """Apply every cheap workaround (all but the DeepSpeed-only one); idempotent."""
+    """Apply every cheap workaround (not the DeepSpeed-only ones); idempotent. Called by the
+    entry points that build runners or models (``build_runner``, tools), never on import."""
     allow_mmengine_checkpoints_under_weights_only()
     skip_cuda_set_device_without_gpu()
-    provide_deepspeed_onebit_module()
     provide_mmcv_ops_without_compiled_extension()

@@ -2,7 +2,10 @@
 
 Configs say ``type='CifarResNet'`` and the lookup walks from here up to mmengine's roots, so
 mmengine's own components (optimizers, schedulers, hooks, loops) stay reachable. ``locations``
-lets mmengine import the module that registers a name the first time it is asked for.
+lets mmengine import the module that registers a name the first time it is asked for. The
+DeepSpeed wrappers and strategy are listed there too: importing them does not import DeepSpeed
+(``hpff_dist.engine.mmengine_runner``), so a single-process run building its optim wrapper
+stays light.
 """
 
 from mmengine.registry import DATA_SAMPLERS as MMENGINE_DATA_SAMPLERS
@@ -47,19 +50,19 @@ OPTIM_WRAPPERS = Registry(
     "optim wrapper",
     parent=MMENGINE_OPTIM_WRAPPERS,
     scope=SCOPE,
-    locations=["hpff_dist.engine", "hpff_dist.engine.deepspeed_strategy"],
+    locations=["hpff_dist.engine", "hpff_dist.engine.deepspeed.wrappers"],
 )
 MODEL_WRAPPERS = Registry(
     "model wrapper",
     parent=MMENGINE_MODEL_WRAPPERS,
     scope=SCOPE,
-    locations=["hpff_dist.engine", "hpff_dist.engine.deepspeed_strategy"],
+    locations=["hpff_dist.engine", "hpff_dist.engine.deepspeed.wrappers"],
 )
 STRATEGIES = Registry(
     "strategy",
     parent=MMENGINE_STRATEGIES,
     scope=SCOPE,
-    locations=["hpff_dist.engine", "hpff_dist.engine.deepspeed_strategy"],
+    locations=["hpff_dist.engine", "hpff_dist.engine.deepspeed.strategy"],
 )
 RUNNERS = Registry("runner", parent=MMENGINE_RUNNERS, scope=SCOPE, locations=["hpff_dist.engine"])
 

@@ -1,10 +1,12 @@
 """What a config builds, as plain data: parameter/buffer names and shapes, the method spec and
 the split plan. Built on the meta device (no memory, no init cost), so every config in
 ``configs/`` can be checked in seconds. ``python tests/config_signature.py OUT.json`` writes
-the signatures of all configs (used to show a refactor keeps every config's meaning)."""
+the signatures of all configs; ``--digests`` writes one sha256 per config instead, the form
+``tests/data/config_digests.json`` keeps (test_configs.py holds every config to it)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -19,11 +21,11 @@ def config_files() -> list[Path]:
 
 
 def signature(path: Path) -> dict:
-    import hpff_dist  # noqa: F401
     from hpff_dist.engine.config import load_config
+    from hpff_dist.engine.resolve import resolve_config
     from hpff_dist.registry import MODELS
 
-    cfg = load_config(str(path))
+    cfg, _ = resolve_config(load_config(str(path)))
     with torch.device("meta"):
         model = MODELS.build(cfg.model)
     learner = model.learner
@@ -36,14 +38,20 @@ def signature(path: Path) -> dict:
         "buffers": {k: list(v.shape) for k, v in model.named_buffers()},
         "spec": spec,
         "plan": [list(m) for m in learner.plan.modules],
+        "levels": [lv.to_dict() for lv in learner.spec.resolved_levels()],
     }
 
 
-def main(out: str) -> None:
+def digest(sig: dict) -> str:
+    return hashlib.sha256(json.dumps(sig, sort_keys=True).encode()).hexdigest()
+
+
+def main(out: str, digests: bool = False) -> None:
     sigs = {str(p.relative_to(REPO)): signature(p) for p in config_files()}
-    Path(out).write_text(json.dumps(sigs, indent=1, sort_keys=True))
+    data = {k: digest(v) for k, v in sigs.items()} if digests else sigs
+    Path(out).write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
     print(f"{len(sigs)} configs -> {out}")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], "--digests" in sys.argv[2:])

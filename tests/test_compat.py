@@ -11,8 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import hpff_dist  # noqa: F401  (applies the fixes)
 from hpff_dist import compat
+
+compat.apply_all()  # the fixes under test: `import hpff_dist` applies nothing
 
 
 def test_mmengine_checkpoint_loads_with_weights_only_default():
@@ -49,7 +50,9 @@ def test_mmengine_pytorch_launcher_runs_on_cpu():
     # A fresh process: init_process_group cannot be undone cleanly inside pytest.
     code = textwrap.dedent(
         """
-        import hpff_dist, torch.distributed as dist
+        import torch.distributed as dist
+        from hpff_dist import compat
+        compat.apply_all()
         from mmengine.dist import init_dist
         init_dist('pytorch', backend='gloo')
         print('world', dist.get_world_size(), 'rank', dist.get_rank())
@@ -73,6 +76,8 @@ def test_mmengine_pytorch_launcher_runs_on_cpu():
 
 def test_mmengine_deepspeed_strategy_imports_and_onebit_is_explained():
     from mmengine._strategy.deepspeed import register_deepspeed_optimizers
+
+    compat.provide_deepspeed_onebit_module()  # DeepSpeed-only: not part of apply_all
 
     names = register_deepspeed_optimizers()
     assert "FusedAdam" in names
@@ -135,3 +140,43 @@ def test_second_deepspeed_strategy_in_one_process_registers_optimizers_once():
     first = ms_deepspeed.register_deepspeed_optimizers()
     second = ms_deepspeed.register_deepspeed_optimizers()  # KeyError without the fix
     assert first == second and "DeepSpeedCPUAdam" in first
+
+
+def _fresh_python(code: str) -> list[str]:
+    """The lines ``code`` prints with ``print('>', ...)`` in a new interpreter (DeepSpeed and
+    mmengine print their own lines to stdout too)."""
+    out = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    return [line[2:] for line in out.stdout.splitlines() if line.startswith("> ")]
+
+
+def test_import_hpff_dist_applies_no_fix():
+    out = _fresh_python(
+        """
+        import sys
+        import hpff_dist, hpff_dist.registry, hpff_dist.engine.config
+        import mmengine.dist.utils as dist_utils
+        from mmengine.logging.history_buffer import HistoryBuffer
+        print(">", sorted(m for m in ("mmcv", "mmcv.ops", "deepspeed.runtime.fp16.onebit")
+                          if m in sys.modules))
+        print(">", hasattr(dist_utils._init_dist_pytorch, "__wrapped__"))
+        print(">", HistoryBuffer.__getstate__.__module__ == "hpff_dist.compat")
+        """
+    )
+    assert out == ["[]", "False", "False"]
+
+
+def test_deepspeed_is_imported_only_when_mmengine_uses_it():
+    out = _fresh_python(
+        """
+        import sys
+        from hpff_dist.engine.mmengine_runner import FlexibleRunner  # mmengine.runner inside
+        import mmengine._strategy.deepspeed as ms_deepspeed
+        print(">", "deepspeed" in sys.modules, ms_deepspeed.deepspeed is not None)
+        version = ms_deepspeed.deepspeed.__version__  # first use imports DeepSpeed
+        print(">", "deepspeed" in sys.modules, ms_deepspeed.deepspeed is sys.modules["deepspeed"])
+        """
+    )
+    assert out == ["False True", "True True"]

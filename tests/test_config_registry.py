@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import hpff_dist  # noqa: F401
 from hpff_dist.engine.config import load_config
+from hpff_dist.engine.resolve import resolve_config
 from hpff_dist.registry import DATASETS, MODELS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,7 +25,8 @@ def test_base_inheritance_and_overrides():
     )  # child + override
     assert cfg.optim_wrapper.optimizer.lr == 0.05
     assert cfg.optim_wrapper.optimizer.nesterov is True  # inherited from the schedule base
-    assert cfg.model.data_preprocessor.mean == [0.2860]  # dataset normalisation moved into model
+    run, _ = resolve_config(cfg)  # the resolution moves the dataset normalisation into the model
+    assert run.model.data_preprocessor.mean == [0.2860]
     assert cfg.work_dir.endswith("resnet32_e2e")
 
 

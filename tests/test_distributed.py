@@ -112,6 +112,30 @@ def test_checkpoint_from_another_model_is_refused(resume):
     assert msg is not None and "different model" in msg and "shape mismatch" in msg
 
 
+def test_config_changes_of_a_deepspeed_run_are_on_record(resume):
+    """build_runner's resolution writes its changes first, the strategy appends its own."""
+    records = resume["config_changes"]
+    by = [r["by"] for r in records]
+    assert by == sorted(by, key=lambda name: name != "resolve_config"), by
+    changes = {(r["by"], r["key"]): (r["old"], r["new"]) for r in records}
+    resolved, strategy = "resolve_config", "LocalDeepSpeedStrategy"
+    assert changes[(resolved, "train_cfg.type")] == (
+        "<unset>",
+        "hpff_dist.ResumableEpochBasedTrainLoop",
+    )
+    assert changes[(resolved, "strategy.type")] == (
+        "LocalDeepSpeedStrategy",
+        "hpff_dist.LocalDeepSpeedStrategy",
+    )
+    assert changes[(resolved, "optim_wrapper.type")] == (
+        "OptimWrapper",
+        "hpff_dist.LocalDeepSpeedOptimWrapper",
+    )
+    assert changes[(strategy, "deepspeed_config.gradient_clipping")] == ("<unset>", 0.0)
+    assert changes[(strategy, "deepspeed_config.managed_gradient_accumulation")][1] is False
+    assert changes[(strategy, "deepspeed_config.train_batch_size")] == ("<unset>", 8)
+
+
 def test_models_under_test_are_the_real_classifier(exact, resume):
     """Once ``LocalClassifier`` supports every method the stand-in must no longer be used."""
     assert set(exact["model_classes"].values()) == {"LocalClassifier"}, exact["model_classes"]

@@ -6,15 +6,10 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from hpff_dist.engine.deepspeed_strategy import (
-    BatchConfigError,
-    DeepSpeedConfigError,
-    LocalDeepSpeedOptimWrapper,
-    check_same_model,
-    per_device_batch,
-    resolve_batch_config,
-    validate_deepspeed_config,
-)
+from hpff_dist.engine.batch import BatchConfigError, per_device_batch, resolve_batch_config
+from hpff_dist.engine.checkpoint import check_same_model
+from hpff_dist.engine.deepspeed.policy import DeepSpeedConfigError, validate_deepspeed_config
+from hpff_dist.engine.deepspeed.wrappers import LocalDeepSpeedOptimWrapper
 from hpff_dist.engine.launchers import (
     check_launcher,
     dist_env,
@@ -24,7 +19,7 @@ from hpff_dist.engine.launchers import (
     slurm_port,
     slurm_to_torch_env,
 )
-from hpff_dist.engine.runner_factory import DEEPSPEED_STRATEGY, RESUMABLE_EPOCH_LOOP, prepare_config
+from hpff_dist.engine.resolve import DEEPSPEED_STRATEGY, RESUMABLE_EPOCH_LOOP, resolve_config
 
 SLURM = {
     "SLURM_PROCID": "5",
@@ -177,6 +172,10 @@ def test_check_same_model_names_the_difference():
     other = torch.nn.Sequential(torch.nn.Linear(2, 4)).state_dict()
     with pytest.raises(ValueError, match=r"shape mismatch: 0.bias \(4,\) vs \(3,\)"):
         check_same_model(other, model, "ckpt")
+
+
+def prepare_config(cfg: Config) -> Config:
+    return resolve_config(cfg)[0]
 
 
 def _cfg(**kw) -> Config:

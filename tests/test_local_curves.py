@@ -10,8 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from conftest import REPO
+
 from hpff_dist.engine.local_curves import LocalLossCurvesHook, plot_local_curves
 
 

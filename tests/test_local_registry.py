@@ -178,7 +178,18 @@ class LinearProbeHead(LocalHead):
         return HeadOutput(F.cross_entropy(logits, targets), logits)
 
 
-def test_a_new_head_and_method_are_a_registered_class_plus_a_config():
+@pytest.fixture
+def preset_cleanup():
+    """Presets are process-wide: take the test's own out again."""
+    from hpff_dist.local import PRESETS
+
+    before = set(PRESETS)
+    yield
+    for name in set(PRESETS) - before:
+        del PRESETS[name]
+
+
+def test_a_new_head_and_method_are_a_registered_class_plus_a_config(preset_cleanup):
     register_preset(
         "linear_probe_cascade",
         dict(

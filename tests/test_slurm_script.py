@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from hpff_dist.engine.config import load_config
-from hpff_dist.engine.runner_factory import DEEPSPEED_STRATEGY, prepare_config
+from hpff_dist.engine.resolve import DEEPSPEED_STRATEGY, resolve_config
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "slurm/imagenet_r101.sh"
@@ -35,7 +35,7 @@ def test_sbatch_script_config_and_overrides(monkeypatch):
     monkeypatch.setenv("IMAGENET_SHARDS", "/data/wds")
     cfg = load_config(str(REPO / config), options)
     cfg.launcher = "slurm"
-    prepared = prepare_config(cfg)
+    prepared, _ = resolve_config(cfg)
     assert prepared.strategy["type"] == DEEPSPEED_STRATEGY  # filled in: overrides gave no type
     assert prepared.strategy["zero_optimization"]["stage"] == 1
     assert prepared.strategy["bf16"]["enabled"] is True

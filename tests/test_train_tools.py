@@ -119,7 +119,9 @@ def test_every_method_trains_and_tests_through_the_tools(tmp_path, method):
 def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
     import torch
 
-    import hpff_dist  # noqa: F401  (our checkpoints load under torch's weights_only default)
+    from hpff_dist import compat
+
+    compat.apply_all()  # our checkpoints load under torch's weights_only default
 
     config = tmp_path / "resume.py"
     config.write_text(
@@ -164,7 +166,8 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path):
 def params_at_epoch_1(tmp_path):
     import torch
 
-    import hpff_dist  # noqa: F401
+    from hpff_dist import compat
 
+    compat.apply_all()
     ckpt = torch.load(tmp_path / "cut" / "epoch_1.pth", map_location="cpu")
     return ckpt["state_dict"]["learner.net.stem.0.weight"]

@@ -43,13 +43,14 @@ def split_entry(entry: str) -> tuple[str, dict[str, str]]:
 def run_worker(entry: str, batch_size: int | None, iters: int, warmup: int) -> dict:
     from mmengine.config import DictAction
 
-    import hpff_dist  # noqa: F401
     from hpff_dist.benchmark.step import measure_step
     from hpff_dist.engine.config import load_config
+    from hpff_dist.engine.resolve import resolve_config
 
     path, overrides = split_entry(entry)
     # mmengine's own value parser for --cfg-options, so '+k=v' means what '--cfg-options k=v' does
     cfg = load_config(path, {k: DictAction._parse_iterable(v) for k, v in overrides.items()})
+    cfg, _ = resolve_config(cfg)  # the model a run would build (normalisation merged in)
     bs = batch_size or cfg.train_dataloader.batch_size
     result = measure_step(cfg, bs, iters, warmup)
     result.update(entry=entry, config=path, overrides=overrides)

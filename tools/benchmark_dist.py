@@ -31,11 +31,12 @@ def worker(args: argparse.Namespace) -> None:
     import torch
     import torch.distributed as dist
 
-    import hpff_dist  # noqa: F401
-    from hpff_dist.engine.deepspeed_strategy import LocalDeepSpeedStrategy
+    from hpff_dist import compat
+    from hpff_dist.engine.deepspeed.strategy import LocalDeepSpeedStrategy
     from hpff_dist.engine.launchers import enable
     from hpff_dist.models.classifier import LocalClassifier
 
+    compat.apply_all()  # this worker builds its strategy without build_runner
     enable("pytorch", init_backend="deepspeed")
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.set_num_threads(max(1, args.cores // world))

@@ -23,7 +23,6 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    import hpff_dist  # noqa: F401
     from hpff_dist.engine.reporting import print_metrics_table
     from hpff_dist.engine.runner_factory import build_runner
 

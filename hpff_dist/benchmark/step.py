@@ -15,6 +15,7 @@ import torch
 from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 
+from hpff_dist import compat
 from hpff_dist.engine.cpu_malloc import configure_cpu_malloc
 from hpff_dist.local.memory import SavedTensorMeter
 from hpff_dist.registry import MODELS
@@ -34,6 +35,7 @@ def measure_step(
     node the model runs there and ``cuda_max_allocated_bytes`` is what the paper reports."""
     if iters < 1:
         raise ValueError(f"iters must be >= 1 to take a median, got {iters}")
+    compat.apply_all()  # an entry point that builds models without build_runner
     torch.manual_seed(seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cpu_malloc = configure_cpu_malloc(cfg.get("cpu_malloc"))

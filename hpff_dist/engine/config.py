@@ -71,8 +71,9 @@ def load_config(
     work_dir: str | None = None,
     data_root: str | None = None,
 ) -> Config:
-    """Read a config file, apply overrides and ``data_root``, fill ``work_dir`` and the
-    model's normalisation."""
+    """Read a config file, check its keys, apply overrides and ``data_root``, fill
+    ``work_dir``. Nothing else: what a run changes on top is
+    :func:`hpff_dist.engine.resolve.resolve_config`'s job, on record."""
     if not osp.isfile(path):
         raise FileNotFoundError(f"config file {path!r} does not exist")
     cfg = Config.fromfile(path)
@@ -86,9 +87,4 @@ def load_config(
         cfg.work_dir = work_dir
     elif cfg.get("work_dir") is None:
         cfg.work_dir = osp.join("work_dirs", osp.splitext(osp.basename(path))[0])
-    # Datasets carry their normalisation (``data_preprocessor``); the model owns it at run time.
-    if cfg.get("data_preprocessor") is not None and "model" in cfg:
-        merged = dict(cfg.data_preprocessor)
-        merged.update(cfg.model.get("data_preprocessor") or {})
-        cfg.model.data_preprocessor = merged
     return cfg

@@ -11,8 +11,8 @@ uninterrupted. Skipped batches are still loaded; on a cluster that costs seconds
 from __future__ import annotations
 
 from mmengine.logging import print_log
-from mmengine.runner import EpochBasedTrainLoop
 
+from hpff_dist.engine.mmengine_runner import EpochBasedTrainLoop
 from hpff_dist.registry import LOOPS
 
 

@@ -9,8 +9,7 @@ from contextlib import nullcontext
 import torch
 from mmengine.model import BaseModel
 
-from hpff_dist.engine.backward import LossBackward, loss_backward
-from hpff_dist.registry import MODELS
+from hpff_dist.models.local_step import LossBackward
 
 NUM_CLASSES = 4
 IMAGE = 8
@@ -21,54 +20,22 @@ METHODS = {
 }
 
 
-class ContractClassifier(BaseModel):
-    """Stand-in with the classifier's train-step contract, used while ``LocalClassifier`` only
-    supports e2e: the real local learner (``hpff_dist.local``) driven through
-    ``loss_backward(optim_wrapper)`` with one optimizer step per batch."""
-
-    def __init__(self, method: dict, depth: int = 8, width: int = 8) -> None:
-        from hpff_dist.local import build_local_learner
-        from hpff_dist.models.cifar_resnet import CifarResNet
-
-        pre = MODELS.build(dict(type="ClassifierDataPreprocessor", mean=(0.5,) * 3, std=(0.5,) * 3))
-        super().__init__(data_preprocessor=pre)
-        net = CifarResNet(depth=depth, num_classes=NUM_CLASSES, widths=(width,) * 4)
-        self.learner = build_local_learner(net, None, NUM_CLASSES, method, IMAGE, 3)
-
-    def forward(self, inputs, images=None, targets=None, mode="tensor"):
-        out = self.learner(inputs)
-        return [dict(logits=out.detach(), targets=targets)] if mode == "predict" else out
-
-    def train_step(self, data, optim_wrapper):
-        backward = loss_backward(optim_wrapper)
-        with optim_wrapper.optim_context(self):
-            batch = self.data_preprocessor(data, True)
-            losses = self.learner.train_step_losses(
-                batch["inputs"], batch["targets"], batch["images"], backward
-            )
-        optim_wrapper.step()
-        optim_wrapper.zero_grad()
-        losses = losses if isinstance(losses, dict) else getattr(losses, "losses", {})
-        return {k: torch.as_tensor(v).detach() for k, v in losses.items()}
-
-
 def build_model(method: str, seed: int = 0, width: int = 8) -> BaseModel:
-    """The real ``LocalClassifier`` when it supports ``method``, else the stand-in."""
-    torch.manual_seed(seed)
-    try:
-        from hpff_dist.models.classifier import LocalClassifier
+    """The real ``LocalClassifier`` on a tiny CIFAR ResNet (depth 8, ``width`` channels)."""
+    from hpff_dist.models.classifier import LocalClassifier
 
-        model = LocalClassifier(
-            backbone=dict(type="CifarResNet", depth=8, widths=(width,) * 4),
-            method=METHODS[method],
-            num_classes=NUM_CLASSES,
-            image_size=IMAGE,
-            data_preprocessor=dict(mean=(0.5,) * 3, std=(0.5,) * 3),
-        )
-    except (ValueError, TypeError, KeyError):
-        torch.manual_seed(seed)
-        model = ContractClassifier(METHODS[method], width=width)
-    return model
+    torch.manual_seed(seed)
+    return LocalClassifier(**model_kwargs(method, width))
+
+
+def model_kwargs(method: str, width: int = 8) -> dict:
+    return dict(
+        backbone=dict(type="CifarResNet", depth=8, widths=(width,) * 4),
+        method=METHODS[method],
+        num_classes=NUM_CLASSES,
+        image_size=IMAGE,
+        data_preprocessor=dict(mean=(0.5,) * 3, std=(0.5,) * 3),
+    )
 
 
 def make_batches(steps: int, shards: int, per_shard: int, seed: int = 1) -> list[list[dict]]:

@@ -13,11 +13,9 @@ import time
 import torch
 import torch.distributed as dist
 
-import hpff_dist  # noqa: F401  (compat)
-from hpff_dist.engine.deepspeed_strategy import (
-    LocalDeepSpeedOptimWrapper,
-    LocalDeepSpeedStrategy,
-)
+from hpff_dist import compat
+from hpff_dist.engine.deepspeed.strategy import LocalDeepSpeedStrategy
+from hpff_dist.engine.deepspeed.wrappers import LocalDeepSpeedOptimWrapper
 from hpff_dist.engine.launchers import enable
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
@@ -106,6 +104,7 @@ def run_naive(method, stage):
 def main() -> None:
     out = sys.argv[1]
     methods = sys.argv[2].split(",") if len(sys.argv) > 2 else ["e2e", "dgl", "dgl_hpff"]
+    compat.apply_all()  # strategies are built here directly, not through build_runner
     enable("pytorch", init_backend="deepspeed")
     results: dict[str, dict] = {
         "model_classes": {m: type(build_model(m)).__name__ for m in methods}

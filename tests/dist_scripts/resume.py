@@ -15,12 +15,12 @@ from mmengine.config import Config
 from mmengine.hooks import Hook
 from torch.utils.data import Dataset
 
-import hpff_dist  # noqa: F401
+from hpff_dist.engine.changes import read_changes
 from hpff_dist.engine.runner_factory import build_runner
-from hpff_dist.registry import DATASETS, HOOKS, MODELS
+from hpff_dist.registry import DATASETS, HOOKS
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import IMAGE, METHODS, NUM_CLASSES, ContractClassifier  # noqa: E402
+from common import IMAGE, NUM_CLASSES, model_kwargs  # noqa: E402
 
 SAMPLES, PER_DEVICE, EPOCHS, STOP_AT = 24, 4, 2, 4  # 3 iterations per epoch, 6 in all
 
@@ -64,24 +64,8 @@ class RecordAndInterrupt(Hook):
             raise KeyboardInterrupt(f"simulated interruption after iteration {self.stop_at}")
 
 
-MODELS.register_module(module=ContractClassifier, force=True)
-
-
 def model_config(method: str, width: int) -> dict:
-    """The real ``LocalClassifier`` when it builds for ``method``, else the stand-in."""
-    real = dict(
-        type="hpff_dist.LocalClassifier",
-        backbone=dict(type="CifarResNet", depth=8, widths=(width,) * 4),
-        method=METHODS[method],
-        num_classes=NUM_CLASSES,
-        image_size=IMAGE,
-        data_preprocessor=dict(mean=(0.5,) * 3, std=(0.5,) * 3),
-    )
-    try:
-        MODELS.build(real)
-        return real
-    except (ValueError, TypeError, KeyError):
-        return dict(type="hpff_dist.ContractClassifier", method=METHODS[method], width=width)
+    return dict(type="hpff_dist.LocalClassifier", **model_kwargs(method, width))
 
 
 def config(work_dir: str, name: str, method: str = "dgl_hpff", width: int = 8, **extra) -> Config:
@@ -157,6 +141,8 @@ def main() -> None:
     runner = build_runner(config(work_a, "uninterrupted"))
     runner.train()
     full = module_state(runner)
+    if dist.get_rank() == 0:  # the resolution's changes, then the strategy's
+        results["config_changes"] = read_changes(work_a)
     results["model_class"] = type(runner.model.module).__name__
     params = [k for k, _ in runner.model.module.named_parameters()]
     seen_a = list(RecordAndInterrupt.seen)

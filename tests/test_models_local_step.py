@@ -4,8 +4,8 @@ import torch
 from mmengine.optim import OptimWrapper
 from torch import nn
 
-from hpff_dist.engine.backward import loss_backward
 from hpff_dist.local.backward import backward_vjp
+from hpff_dist.models.local_step import loss_backward
 
 
 def _net_and_wrapper(wrapper_type=OptimWrapper):

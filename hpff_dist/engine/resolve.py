@@ -1,0 +1,184 @@
+"""The user's config -> the config a run is built from, with every change on record.
+
+A run does not train on the config file as written: the dataset's normalisation moves into the
+model, epoch loops become resumable, a distributed launcher gets our DeepSpeed strategy, a
+global batch size sets the per-device batch, and a DeepSpeed run gets our optim wrapper.
+:func:`resolve_config` makes all of these on a deep copy and returns them as
+:class:`~hpff_dist.engine.changes.ConfigChange` records (key, old value, new value, why);
+``build_runner`` writes the result to the work dir (``resolved_config.py``,
+``config_changes.json``) and logs every change. What only the DeepSpeed strategy can decide
+once the process group exists (DeepSpeed's batch keys, clipping, buffer dtype) it reports the
+same way (``hpff_dist.engine.deepspeed.strategy``).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import os.path as osp
+from collections.abc import Mapping
+from typing import Any
+
+from mmengine.config import Config
+
+from hpff_dist.engine.batch import per_device_batch
+from hpff_dist.engine.changes import UNSET, ChangeRecorder, ConfigChange, write_changes
+from hpff_dist.engine.deepspeed.policy import DEEPSPEED_OPTIM_WRAPPER, check_optim_wrapper_type
+from hpff_dist.engine.launchers import DistEnv, dist_env
+
+__all__ = [
+    "DEEPSPEED_STRATEGY",
+    "RESOLVED_CONFIG_FILE",
+    "RESUMABLE_EPOCH_LOOP",
+    "resolve_config",
+    "write_resolved_config",
+]
+
+# Scoped names resolve from mmengine's root registries before our default scope is set
+# (FlexibleRunner builds its strategy first) and keep the config dumpable as text.
+DEEPSPEED_STRATEGY = "hpff_dist.LocalDeepSpeedStrategy"
+RESUMABLE_EPOCH_LOOP = "hpff_dist.ResumableEpochBasedTrainLoop"
+_OUR_STRATEGY_NAMES = {"LocalDeepSpeedStrategy", DEEPSPEED_STRATEGY}
+#: the resolved config, as mmengine's ``Config.dump`` writes it, in the work dir.
+RESOLVED_CONFIG_FILE = "resolved_config.py"
+
+
+def resolve_config(cfg: Config, env: DistEnv | None = None) -> tuple[Config, list[ConfigChange]]:
+    """The run config for ``cfg`` (a deep copy: ``cfg`` is left as it was) and the changes made
+    to it, in order. ``env`` is where this process sits (``dist_env`` of the config's launcher,
+    computed when not given); resolving a resolved config changes nothing more."""
+    run = copy.deepcopy(cfg)
+    recorder = ChangeRecorder()
+    launcher = run.get("launcher") or "none"
+    env = env or dist_env(launcher)  # refuses launcher 'none' under torchrun
+    recorder.set(run, "launcher", launcher, "no launcher given: one process", "launcher")
+    _model_owns_normalisation(run, recorder)
+    _resumable_epoch_loop(run, recorder)
+    strategy = _strategy(run, launcher, recorder)
+    if strategy is not None and _strategy_name(strategy) in _OUR_STRATEGY_NAMES:
+        _per_device_batch(run, strategy, env.world_size, recorder)
+        _deepspeed_optim_wrapper(run, recorder)
+    return run, recorder.changes
+
+
+def write_resolved_config(cfg: Config, changes: list[ConfigChange], rank: int = 0) -> str | None:
+    """Write ``resolved_config.py`` and ``config_changes.json`` to ``cfg.work_dir`` (rank 0
+    only); returns the config's path, or ``None`` where nothing was written."""
+    work_dir = cfg.get("work_dir")
+    if rank != 0 or not work_dir:
+        return None
+    os.makedirs(work_dir, exist_ok=True)
+    path = osp.join(work_dir, RESOLVED_CONFIG_FILE)
+    cfg.dump(path)
+    write_changes(changes, work_dir)  # a fresh file: this run's changes only
+    return path
+
+
+def _strategy_name(strategy: Mapping[str, Any]) -> str:
+    kind = strategy.get("type", "")
+    return kind if isinstance(kind, str) else kind.__name__
+
+
+def _model_owns_normalisation(run: Config, recorder: ChangeRecorder) -> None:
+    """Dataset configs carry their normalisation (top-level ``data_preprocessor``); the model
+    applies it at run time, so its own keys win over the dataset's."""
+    if run.get("data_preprocessor") is None or "model" not in run:
+        return
+    merged = dict(run.data_preprocessor)
+    merged.update(run.model.get("data_preprocessor") or {})
+    recorder.set(
+        run.model,
+        "data_preprocessor",
+        merged,
+        "the dataset's normalisation (top-level data_preprocessor) is applied by the model; "
+        "the model's own keys win",
+        "model.data_preprocessor",
+    )
+
+
+def _resumable_epoch_loop(run: Config, recorder: ChangeRecorder) -> None:
+    train_cfg = run.get("train_cfg")
+    if train_cfg is None or not train_cfg.get("by_epoch", False) or "type" in train_cfg:
+        return
+    why = (
+        "mmengine's epoch loop replays an interrupted epoch from its first batch; "
+        "ResumableEpochBasedTrainLoop resumes at the batch it stopped"
+    )
+    recorder.pop(train_cfg, "by_epoch", why, "train_cfg.by_epoch")
+    recorder.set(train_cfg, "type", RESUMABLE_EPOCH_LOOP, why, "train_cfg.type")
+
+
+def _strategy(run: Config, launcher: str, recorder: ChangeRecorder) -> Mapping | None:
+    """The run's strategy: none for one process without one, else ours unless named."""
+    strategy = run.get("strategy")
+    if strategy is None and launcher == "none":
+        return None
+    why = (
+        "local learning makes several backward calls per step; LocalDeepSpeedStrategy "
+        "reduces gradients once per step (ZeRO stage 0 unless the config says otherwise)"
+    )
+    if strategy is None:
+        recorder.set(run, "strategy", dict(type=DEEPSPEED_STRATEGY), why, "strategy")
+        return run.strategy
+    if "type" not in strategy:  # e.g. only `--cfg-options strategy.bf16.enabled=True`
+        recorder.set(strategy, "type", DEEPSPEED_STRATEGY, why, "strategy.type")
+    name = _strategy_name(strategy)
+    if name == "LocalDeepSpeedStrategy":
+        recorder.set(
+            strategy,
+            "type",
+            DEEPSPEED_STRATEGY,
+            "FlexibleRunner builds its strategy before our default scope is set",
+            "strategy.type",
+        )
+    elif name in ("DeepSpeedStrategy", "DDPStrategy"):
+        raise ValueError(
+            f"strategy {name} makes one gradient reduction per backward call, which is wrong "
+            "(ZeRO) or wasteful (DDP) for local learning's several backward calls per step; use "
+            "strategy=dict(type='LocalDeepSpeedStrategy', zero_optimization=dict(stage=0|1|2))"
+        )
+    return strategy
+
+
+def _per_device_batch(
+    run: Config, strategy: Mapping[str, Any], world_size: int, recorder: ChangeRecorder
+) -> None:
+    """``strategy.global_batch_size`` sets ``train_dataloader.batch_size`` to global / (world x
+    accumulation), or raises ``BatchConfigError`` naming the numbers when that does not divide;
+    the strategy re-checks every stated number once the process group exists."""
+    global_batch = strategy.get("global_batch_size")
+    loader = run.get("train_dataloader")
+    if global_batch is None or loader is None:
+        return
+    accumulation = int(strategy.get("gradient_accumulation_steps") or 1)
+    per_device = per_device_batch(int(global_batch), world_size, accumulation)
+    why = (
+        f"per-device batch {per_device} = global_batch_size {global_batch} / (world size "
+        f"{world_size} x accumulation steps {accumulation})"
+    )
+    if isinstance(loader, Mapping):
+        recorder.set(loader, "batch_size", per_device, why, "train_dataloader.batch_size")
+    else:  # a loader object (materialized DALI loader)
+        old = getattr(loader, "batch_size", UNSET)
+        if old != per_device:
+            loader.batch_size = per_device
+            recorder.note("train_dataloader.batch_size", old, per_device, why)
+
+
+def _deepspeed_optim_wrapper(run: Config, recorder: ChangeRecorder) -> None:
+    """Under DeepSpeed the engine steps the optimizer: the wrapper is ours whatever the
+    (single-process) config names; a wrapper that cannot drive an engine is refused here."""
+    optim_wrapper = run.get("optim_wrapper")
+    if not isinstance(optim_wrapper, Mapping):
+        return
+    kind = optim_wrapper.get("type", "OptimWrapper")
+    check_optim_wrapper_type(kind)
+    recorder.set(
+        optim_wrapper,
+        "type",
+        DEEPSPEED_OPTIM_WRAPPER,
+        "the DeepSpeed engine steps the optimizer; LocalDeepSpeedOptimWrapper makes one step "
+        "of several backward calls (clip_grad and accumulative_counts move into DeepSpeed's "
+        "config when the strategy builds it)",
+        "optim_wrapper.type",
+    )
