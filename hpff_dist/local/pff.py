@@ -171,6 +171,7 @@ class PatchFusedClassifier(LocalHead):
         return _detached(out)
 
 
+@HEADS.register()
 class PatchwiseReconstruction(LocalHead):
     """Paper PFF around a decoder: each feature patch reconstructs its image patch.
 
