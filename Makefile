@@ -27,7 +27,7 @@ compare: venv
 	$(PY) tools/compare.py $(foreach m,$(FMNIST_METHODS),configs/fashion_mnist/resnet32_$(m).py) \
 	  --work-root work_dirs/compare --cfg-options train_dataloader.dataset.subset=20000 \
 	  train_cfg.max_epochs=1 param_scheduler.1.end=1 param_scheduler.1.T_max=1 \
-	  model.method.aux_net=0c2f
+	  model.method.aux_net=0c2f model.method.aux_pool=1
 
 test: venv
 	$(PY) -m pytest -q tests
