@@ -29,23 +29,36 @@ def _runner(tmp_path, model):
     )
 
 
-def test_hook_averages_each_module_and_level_over_its_interval(tmp_path):
-    model = SimpleNamespace(local_losses={})
-    runner = _runner(tmp_path, model)
-    hook = LocalLossCurvesHook(interval=3, plot=False)
-    steps = [(2.0, 1.0), (1.0, 0.5), (0.0, 3.0), (4.0, 4.0)]
+def _feed(hook, runner, model, steps):
     for i, (ind, cas) in enumerate(steps):
         model.local_losses = {"m01/ind": torch.tensor(ind), "m01/cas": torch.tensor(cas)}
         runner.iter = i
         hook.after_train_iter(runner, i)
-    # Three steps make one point; the fourth waits for the end of training.
-    assert hook.losses == [{"iter": 3, "epoch": 0, "values": {"m01/cas": 1.5, "m01/ind": 1.0}}]
-    assert runner.visualizer.calls == [({"local/m01/cas": 1.5, "local/m01/ind": 1.0}, 3)]
-    runner.iter = 4
+    runner.iter = len(steps) - 1
     hook.after_train(runner)
-    assert hook.losses[-1] == {"iter": 5, "epoch": 0, "values": {"m01/cas": 4.0, "m01/ind": 4.0}}
+
+
+def test_hook_averages_each_module_and_level_over_its_interval(tmp_path):
+    model = SimpleNamespace(local_losses={})
+    runner = _runner(tmp_path, model)
+    hook = LocalLossCurvesHook(interval=3, plot=False)
+    # Three steps make one point; the last two (at least half a window) one more at the end.
+    _feed(hook, runner, model, [(2.0, 1.0), (1.0, 0.5), (0.0, 3.0), (4.0, 4.0), (2.0, 0.0)])
+    assert hook.losses == [
+        {"iter": 3, "epoch": 0, "values": {"m01/cas": 1.5, "m01/ind": 1.0}},
+        {"iter": 5, "epoch": 0, "values": {"m01/cas": 2.0, "m01/ind": 3.0}},
+    ]
+    assert runner.visualizer.calls[0] == ({"local/m01/cas": 1.5, "local/m01/ind": 1.0}, 3)
     saved = json.loads((tmp_path / "local_curves.json").read_text())
     assert saved["losses"] == hook.losses
+
+
+def test_hook_drops_a_remainder_under_half_a_window(tmp_path):
+    model = SimpleNamespace(local_losses={})
+    runner = _runner(tmp_path, model)
+    hook = LocalLossCurvesHook(interval=4, plot=False)
+    _feed(hook, runner, model, [(1.0, 1.0)] * 5)  # 4 + a remainder of 1
+    assert [p["iter"] for p in hook.losses] == [4]
 
 
 def test_hook_history_survives_a_checkpoint(tmp_path):

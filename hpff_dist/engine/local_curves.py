@@ -53,8 +53,11 @@ class LocalLossCurvesHook(Hook):
         if self._count >= self.interval:
             self._flush(runner)
 
-    def _flush(self, runner) -> None:
-        if not self._count:
+    def _flush(self, runner, final: bool = False) -> None:
+        # At the end, a remainder of under half a window is dropped: one or two steps'
+        # average would draw a noisy last point unlike the rest of the curve.
+        if not self._count or (final and self._count < self.interval / 2):
+            self._sums, self._count = {}, 0
             return
         means = {k: float(v) / self._count for k, v in sorted(self._sums.items())}
         self._sums, self._count = {}, 0
@@ -71,7 +74,7 @@ class LocalLossCurvesHook(Hook):
         self._write(runner)
 
     def after_train(self, runner) -> None:
-        self._flush(runner)
+        self._flush(runner, final=True)
         self._write(runner)
 
     # ------------------------------------------------------------------ resume
@@ -94,12 +97,14 @@ class LocalLossCurvesHook(Hook):
         with open(os.path.join(runner.work_dir, "local_curves.json"), "w") as f:
             json.dump(history, f, indent=1)
         if self.plot:
-            plot_local_curves(history, os.path.join(runner.work_dir, "local_curves.png"))
+            title = getattr(runner, "experiment_name", "")
+            plot_local_curves(history, os.path.join(runner.work_dir, "local_curves.png"), title)
 
 
 def plot_local_curves(history: dict[str, list], path: str, title: str = "") -> None:
     """One panel per level with a line per module (colour = depth), and one of the metrics."""
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -137,6 +142,7 @@ def plot_local_curves(history: dict[str, list], path: str, title: str = "") -> N
                 fontsize=8,
             )
         ax.set(title="validation", xlabel="epoch", ylabel="%")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
     if title:

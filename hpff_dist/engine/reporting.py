@@ -43,9 +43,16 @@ def peak_memory_mib() -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "peak RSS"
 
 
+def _shown(path: str) -> str:
+    """Relative to the current directory when inside it, else absolute."""
+    path = os.path.abspath(path)
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
+
+
 def run_summary(runner, metrics: dict[str, float], wall_s: float) -> dict[str, Any]:
     """What a run did and where it left things: method, K, epochs, metrics, time, memory,
-    checkpoint, logs, curves and TensorBoard folder (paths relative to the current dir)."""
+    checkpoint, logs, curves and TensorBoard folder."""
     model = runner.model.module if is_model_wrapper(runner.model) else runner.model
     learner = getattr(model, "learner", None)
     summary: dict[str, Any] = {}
@@ -63,10 +70,10 @@ def run_summary(runner, metrics: dict[str, float], wall_s: float) -> dict[str, A
     last = os.path.join(work_dir, "last_checkpoint")
     if os.path.exists(last):
         with open(last) as f:
-            summary["checkpoint"] = os.path.relpath(f.read().strip())
-    summary["log"] = os.path.relpath(os.path.join(runner.log_dir, f"{runner.timestamp}.log"))
+            summary["checkpoint"] = _shown(f.read().strip())
+    summary["log"] = _shown(os.path.join(runner.log_dir, f"{runner.timestamp}.log"))
     curves = os.path.join(work_dir, "local_curves.png")
     if os.path.exists(curves):
-        summary["curves"] = os.path.relpath(curves)
-    summary["tensorboard"] = f"tensorboard --logdir {os.path.relpath(work_dir)}"
+        summary["curves"] = _shown(curves)
+    summary["tensorboard"] = f"tensorboard --logdir {_shown(work_dir)}"
     return summary
