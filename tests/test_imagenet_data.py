@@ -1,7 +1,11 @@
 """ImageNet data: shard writer round trip, the three backends per rank, agreement, bad data.
 
 Everything runs on tiny synthetic JPEGs written in the real formats (an ImageFolder tree, real
-webdataset tars with DALI indexes); ranks are simulated by passing ``rank``/``world_size``.
+webdataset tars with DALI indexes). Every loader is the one of
+``configs/_base_/datasets/imagenet_<backend>.py``, built by ``build_dataloader`` (the route
+training takes); ranks are simulated with torch's single-process fake process group, so each
+backend learns its rank where it would in a job. Normalised values come from the model's data
+preprocessor, the only place that normalises.
 """
 
 from __future__ import annotations
@@ -14,19 +18,25 @@ import logging
 import os
 import shutil
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torch.distributed as dist
 import webdataset as wds
+from mmengine.config import Config
 from PIL import Image
 
+import hpff_dist.models  # noqa: F401  (registers ClassifierDataPreprocessor)
 from hpff_dist.data.imagenet import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     BadSampleError,
     DataNotFoundError,
     ShardAwareDistributedSampler,
-    build_imagenet_dataloader,
 )
 from hpff_dist.data.imagenet.ranks import check_batch_size, resolve_rank
 from hpff_dist.data.imagenet.shards import (
@@ -35,6 +45,8 @@ from hpff_dist.data.imagenet.shards import (
     parse_shard_size,
     read_dali_index,
 )
+from hpff_dist.data.loader_builder import build_dataloader, with_loader_args
+from hpff_dist.registry import MODELS
 
 SIZE, RESIZE = 32, 40
 VAL_PER_CLASS = (4, 5, 6)  # 15 images: 3 shards of (6, 6, 3) at --shard-size 6
@@ -71,13 +83,56 @@ def shards(tree, tmp_path_factory) -> Path:
     return out
 
 
-def _loader(backend, tree, shards, **kw):
-    root = tree if backend == "folder" else shards
+def _config(backend: str, train: bool) -> dict:
+    """``train_dataloader`` or ``val_dataloader`` of the backend's dataset config."""
+    cfg = Config.fromfile(str(ROOT / f"configs/_base_/datasets/imagenet_{backend}.py"))
+    return cfg.to_dict()["train_dataloader" if train else "val_dataloader"]
+
+
+def _loader(
+    backend, tree, shards, split="val", train=None, num_workers=0, batch_size=4, seed=0, **kw
+):
+    """The config's loader pointed at the test data (train augmentation and shuffling from the
+    config's ``train_dataloader`` when ``train``), built as training builds it."""
+    train = split == "train" if train is None else train
     args = dict(
-        split="val", batch_size=4, num_workers=0, image_size=SIZE, resize_size=RESIZE, device="cpu"
+        root=str(tree if backend == "folder" else shards),
+        split=split,
+        train=train,
+        batch_size=batch_size,
+        image_size=SIZE,
+        resize_size=RESIZE,
+        **kw,
     )
-    args.update(kw)
-    return build_imagenet_dataloader(backend, str(root), **args)
+    if backend == "dali":
+        args.update(num_threads=max(num_workers, 1), device="cpu")
+    else:
+        args.update(num_workers=num_workers, pin_memory=False)
+    return build_dataloader(with_loader_args(_config(backend, train), **args), seed=seed)
+
+
+@contextmanager
+def _as_rank(rank: int, world_size: int) -> Iterator[None]:
+    """This process as ``rank`` of ``world_size``: torch's fake process group (no peers, no-op
+    collectives), so mmengine's ``DefaultSampler``, our sampler and DALI all see that rank."""
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    dist.init_process_group("fake", rank=rank, world_size=world_size, store=FakeStore())
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
+def _preprocessor():
+    """The ImageNet models' data preprocessor, built as ``LocalClassifier`` builds it."""
+    cfg = Config.fromfile(str(ROOT / "configs/_base_/models/imagenet_resnet101.py"))
+    return MODELS.build({"type": "ClassifierDataPreprocessor", **cfg.model.data_preprocessor})
+
+
+def _normalised(images: torch.Tensor) -> torch.Tensor:
+    """What the model computes on: the batch through its data preprocessor."""
+    return _preprocessor()([images, torch.zeros(len(images))])["inputs"]
 
 
 def _epoch(loader):
@@ -85,6 +140,7 @@ def _epoch(loader):
     for x, y in loader:
         assert x.dtype == torch.float32 and y.dtype == torch.int64
         assert x.ndim == 4 and x.shape[1:] == (3, SIZE, SIZE)
+        assert x.min() >= 0 and x.max() <= 1  # never normalised on the data side
         images.append(x)
         labels += y.tolist()
         steps += 1
@@ -180,17 +236,16 @@ def test_two_ranks_same_steps_and_all_samples(backend, train, tree, shards):
     """15 samples in 3 uneven shards, 2 ranks: 8 samples and 2 batches of 4 on each rank."""
     per_rank = []
     for rank in range(2):
-        loader = _loader(
-            backend,
-            tree,
-            shards,
-            rank=rank,
-            world_size=2,
-            train=train,
-            drop_last=False,
-            num_workers=2 if backend != "folder" else 0,
-        )
-        _, labels, steps = _epoch(loader)
+        with _as_rank(rank, 2):
+            loader = _loader(
+                backend,
+                tree,
+                shards,
+                train=train,
+                drop_last=False,
+                num_workers=2 if backend != "folder" else 0,
+            )
+            _, labels, steps = _epoch(loader)
         assert len(loader) == steps == 2
         assert len(labels) == 8
         per_rank.append(labels)
@@ -202,12 +257,12 @@ def test_two_ranks_same_steps_and_all_samples(backend, train, tree, shards):
 
 def test_drop_last_gives_equal_full_batches(tree, shards):
     for backend in BACKENDS:
-        steps = [
-            _epoch(
-                _loader(backend, tree, shards, rank=r, world_size=2, batch_size=3, drop_last=True)
-            )[2]
-            for r in range(2)
-        ]
+        steps = []
+        for r in range(2):
+            with _as_rank(r, 2):
+                steps.append(
+                    _epoch(_loader(backend, tree, shards, batch_size=3, drop_last=True))[2]
+                )
         assert steps == [2, 2], backend  # floor(8 / 3)
 
 
@@ -215,11 +270,12 @@ def test_val_tensors_agree_across_backends(tree, shards):
     """folder and webdataset decode the same bytes with the same code: identical. DALI on the CPU
     decodes with libjpeg-turbo too (bit-identical here) and resizes with its own antialiased
     linear filter, which rounds differently: within 1-2 intensity levels (1/255/0.225 = 0.017
-    after normalisation). On a GPU nvJPEG's IDCT adds a few levels more; see docs/data.md."""
+    after the model's normalisation). On a GPU nvJPEG's IDCT adds a few levels more; see
+    docs/data.md."""
     outputs = {}
     for backend in BACKENDS:
         images, labels, _ = _epoch(_loader(backend, tree, shards, batch_size=5))
-        outputs[backend] = (images, labels)
+        outputs[backend] = (_normalised(images), labels)
     # the sorted ImageFolder order is the sharded order for val (no shuffle)
     assert outputs["folder"][1] == outputs["webdataset"][1] == outputs["dali"][1]
     assert torch.equal(outputs["folder"][0], outputs["webdataset"][0])
@@ -229,21 +285,11 @@ def test_val_tensors_agree_across_backends(tree, shards):
 
 
 def test_train_augmentation_is_random_but_labelled(shards):
-    loader = build_imagenet_dataloader(
-        "dali",
-        str(shards),
-        "train",
-        batch_size=4,
-        num_workers=1,
-        image_size=SIZE,
-        device="cpu",
-        rank=0,
-        world_size=1,
-    )
+    loader = _loader("dali", None, shards, split="train", num_workers=1)
     images, labels, steps = _epoch(loader)
     assert steps == len(loader) == sum(TRAIN_PER_CLASS) // 4
     assert set(labels) <= {0, 1, 2}
-    assert images.std() > 0.1
+    assert _normalised(images).std() > 0.1
 
 
 def test_sampler_is_deterministic_per_epoch_and_partitions():
@@ -286,9 +332,7 @@ def test_rank_and_batch_errors(monkeypatch):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_missing_data_says_what_to_put_where(backend, tmp_path):
     def build(root):
-        return build_imagenet_dataloader(
-            backend, str(root), "val", batch_size=2, device="cpu", rank=0, world_size=1
-        )
+        return len(_loader(backend, root, root, batch_size=2))  # DALI builds on first use
 
     with pytest.raises(DataNotFoundError) as error:
         build(tmp_path / "nowhere")
@@ -297,6 +341,23 @@ def test_missing_data_says_what_to_put_where(backend, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataNotFoundError):
         build(tmp_path / "empty")
+
+
+def test_a_dropped_dali_loader_frees_its_pipeline_without_the_garbage_collector(shards):
+    """Otherwise the pipeline waits for a GC pass, which may run in a forked DataLoader worker
+    of a later loader, where DALI's executor destructor deadlocks (seen in this suite)."""
+    import gc
+    import weakref
+
+    loader = _loader("dali", None, shards)
+    _epoch(loader)
+    built = weakref.ref(loader.built)
+    gc.disable()
+    try:
+        del loader
+        assert built() is None
+    finally:
+        gc.enable()
 
 
 def test_registered_in_hpff_dist_scope(shards):
@@ -320,6 +381,95 @@ def test_registered_in_hpff_dist_scope(shards):
     assert len(sampler) == 15
     transform = TRANSFORMS.build(dict(type="ImageNetTransform", train=True, image_size=SIZE))
     assert transform(Image.new("RGB", (50, 60))).shape == (3, SIZE, SIZE)
+
+
+# --- normalisation: once, in the model's data preprocessor ------------------------------------
+
+
+def _write_imagenet_like(root: Path, split: str, n: int, seed: int) -> None:
+    """64x64 JPEGs whose pixels have ImageNet's per-channel mean and std: 16-pixel blocks of one
+    colour drawn from N(mean, std), which JPEG and resizing keep."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        folder = root / split / f"n{i % 2:08d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        blocks = np.clip(rng.normal(IMAGENET_MEAN, IMAGENET_STD, (4, 4, 3)), 0, 1)
+        pixels = (blocks.repeat(16, 0).repeat(16, 1) * 255).round().astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i}.JPEG", quality=95)
+
+
+@pytest.fixture(scope="module")
+def imagenet_like(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("imagenet_like")
+    _write_imagenet_like(root, "val", 16, seed=2)
+    _write_imagenet_like(root, "train", 8, seed=3)
+    out = root / "shards"
+    make_split_shards(root, out, "val", parse_shard_size("8"), progress=False)
+    make_split_shards(root, out, "train", parse_shard_size("8"), shuffle_seed=0, progress=False)
+    return root
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batches_are_unit_range_and_the_model_normalises_them_once(backend, imagenet_like):
+    """Each backend's train and val loaders yield float images in [0, 1] (``_epoch`` checks);
+    through the model's data preprocessor, pixels with ImageNet's statistics come out with mean
+    ~0 and std ~1 per channel. Normalising on the data side as well would give mean ~-2 and std
+    ~4.4 here; not normalising at all, std ~0.22."""
+    for split in ("train", "val"):
+        images, _, steps = _epoch(_loader(backend, imagenet_like, imagenet_like / "shards", split))
+        assert steps == {"train": 2, "val": 4}[split] and images.std() > 0.05
+    inputs = _normalised(images)
+    mean, std = inputs.mean(dim=(0, 2, 3)), inputs.std(dim=(0, 2, 3))
+    assert mean.abs().max() < 0.25, mean
+    assert ((std > 0.7) & (std < 1.3)).all(), std
+
+
+@pytest.mark.parametrize("arg", ["normalize", "mean", "std"])
+def test_data_side_normalisation_is_refused_naming_the_data_preprocessor(arg, tree, shards):
+    """No ImageNet data constructor, and no loader config, can ask for normalisation (not even
+    ``normalize=False``): the error says the model's data preprocessor is the one place."""
+    from hpff_dist.data.imagenet import ImageNetFolder, ImageNetShards, build_imagenet_transform
+    from hpff_dist.data.imagenet.dali_loader import DaliImageNetLoader
+    from hpff_dist.registry import TRANSFORMS
+
+    value = {"normalize": False, "mean": IMAGENET_MEAN, "std": IMAGENET_STD}[arg]
+    given = {arg: value}
+    attempts = {
+        "transform": lambda: build_imagenet_transform(True, SIZE, **given),
+        "transform config": lambda: TRANSFORMS.build(
+            dict(type="ImageNetTransform", train=True, **given)
+        ),
+        "folder dataset": lambda: ImageNetFolder(str(tree), "val", **given),
+        "webdataset dataset": lambda: ImageNetShards(str(shards), "val", **given),
+        "dali loader": lambda: DaliImageNetLoader(str(shards), "val", device="cpu", **given),
+        **{f"{b} config": lambda b=b: _loader(b, tree, shards, **given) for b in BACKENDS},
+    }
+    for name, attempt in attempts.items():
+        with pytest.raises(TypeError, match="model's data preprocessor") as error:
+            attempt()
+        assert repr(arg) in str(error.value), name
+
+
+def _benchmark_loaders_cli():
+    path = ROOT / "tools" / "benchmark_loaders.py"
+    spec = importlib.util.spec_from_file_location("benchmark_loaders", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_loader_benchmark_times_the_configs_loaders(tmp_path, capsys):
+    """tools/benchmark_loaders.py builds each backend's config loader, or an experiment's."""
+    cli = _benchmark_loaders_cli()
+    common = ["--data", str(tmp_path), "--synthetic", "6", "--iters", "2", "--warmup", "1"]
+    common += ["--batch-size", "2", "--image-size", str(SIZE), "--workers", "0", "--device", "cpu"]
+    runs = [["--backend", "folder"], ["--backend", "webdataset"]]
+    runs.append(["--config", str(ROOT / "configs/imagenet/resnet101_e2e.py")])  # dali
+    for run, backend in zip(runs, ("folder", "webdataset", "dali")):
+        assert cli.main([*common, *run]) == 0
+        result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        assert result["backend"] == backend and result["images"] == 4
+        assert result["image_size"] == SIZE and result["images_per_s"] > 0
 
 
 # --- bad data ----------------------------------------------------------------------------------

@@ -1,4 +1,9 @@
-"""Dataloaders that are not ``torch.utils.data`` pipelines (DALI), made acceptable to mmengine.
+"""The one way loaders are built from config: training (through mmengine), tools and tests.
+
+:func:`build_dataloader` turns one ``{train,val,test}_dataloader`` config entry into its loader
+the way a training run does, so a benchmark or a test measures the loader a run trains with,
+sampler and collate function included. The rest of this module makes loaders that are not
+``torch.utils.data`` pipelines (DALI) acceptable to mmengine.
 
 mmengine builds a dataloader from a dict of ``dataset``/``sampler``/``collate_fn``, or takes a
 ready ``torch.utils.data.DataLoader`` instance (an ``isinstance`` check in
@@ -21,11 +26,14 @@ the epoch loops; DALI reshuffles by itself, so it is a no-op) and ``dataset`` wi
 
 from __future__ import annotations
 
-from collections.abc import Iterator, MutableMapping
+import copy
+import inspect
+import weakref
+from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
 import torch
-from mmengine.registry import Registry
+from mmengine.registry import DefaultScope, Registry
 from torch.utils.data import DataLoader
 
 from hpff_dist.registry import SCOPE
@@ -35,12 +43,24 @@ DATA_LOADERS = Registry("data loader", scope=SCOPE)
 
 LOADER_KEYS = ("train_dataloader", "val_dataloader", "test_dataloader")
 
+#: Keys a torch DataLoader config entry keeps for the DataLoader itself (next to ``dataset``).
+DATALOADER_ARGS = frozenset(
+    {
+        "batch_size",
+        "num_workers",
+        "drop_last",
+        "pin_memory",
+        "persistent_workers",
+        "prefetch_factor",
+    }
+)
+
 
 class _DatasetInfo:
     """What evaluators ask of ``loader.dataset``: its size (samples, before rank padding)."""
 
     def __init__(self, loader: LazyDaliDataLoader) -> None:
-        self._loader = loader
+        self._loader = weakref.proxy(loader)
 
     def __len__(self) -> int:
         return self._loader.built.num_samples
@@ -50,7 +70,7 @@ class _EpochSampler:
     """``sampler.set_epoch`` for mmengine's hooks; forwards to the DALI loader (a no-op)."""
 
     def __init__(self, loader: LazyDaliDataLoader) -> None:
-        self._loader = loader
+        self._loader = weakref.proxy(loader)
 
     def set_epoch(self, epoch: int) -> None:
         self._loader.set_epoch(epoch)
@@ -60,7 +80,7 @@ class _BatchSamplerInfo:
     """``batch_sampler.batch_size`` / ``.sampler``: what FlexibleRunner reads of a DataLoader."""
 
     def __init__(self, loader: LazyDaliDataLoader) -> None:
-        self._loader = loader
+        self._loader = weakref.proxy(loader)
         self.sampler = loader.sampler
 
     @property
@@ -74,17 +94,29 @@ class LazyDaliDataLoader(DataLoader):
 
     Takes the arguments of :class:`hpff_dist.data.imagenet.dali_loader.DaliImageNetLoader`
     (``root, split, batch_size, train, image_size, resize_size, num_threads, device, seed,
-    drop_last, max_bad_samples, prefetch, normalize``). ``rank``/``world_size`` default to the
-    process group existing at build time. It subclasses ``DataLoader`` only to pass mmengine's
-    ``isinstance`` check; ``DataLoader.__init__`` is deliberately not called.
+    drop_last, max_bad_samples, prefetch``), checked here so that a misspelt or refused key
+    (``normalize``: only the model's data preprocessor normalises) fails when the config is
+    read, not when the pipeline is built. ``rank``/``world_size`` default to the process group
+    existing at build time. It subclasses ``DataLoader`` only to pass mmengine's ``isinstance``
+    check; ``DataLoader.__init__`` is deliberately not called.
     """
 
     def __init__(self, batch_size: int = 32, **kwargs: Any) -> None:
+        # imported when used: the engine imports this module without needing the backends
+        from hpff_dist.data.imagenet.dali_loader import DaliImageNetLoader
+        from hpff_dist.data.imagenet.transforms import reject_normalisation
+
+        reject_normalisation("DaliImageNetLoader", kwargs)
+        inspect.signature(DaliImageNetLoader).bind(batch_size=batch_size, **kwargs)
         # no super().__init__(): there is no torch Dataset; DataLoader's attribute guard is off
         # until its __init__ has run, so plain attributes can be set.
         self.batch_size = batch_size
         self.kwargs = kwargs
         self._built: Any = None
+        # The views hold weak references: no cycle, so a dropped loader frees its DALI pipeline
+        # at once in this process. Left to the garbage collector, the pipeline could be
+        # finalised in a forked DataLoader worker, where DALI's executor destructor waits
+        # forever for threads that were not forked.
         self.dataset = _DatasetInfo(self)
         self.sampler = _EpochSampler(self)
         self.batch_sampler = _BatchSamplerInfo(self)
@@ -121,7 +153,15 @@ class LazyDaliDataLoader(DataLoader):
     __str__ = __repr__
 
 
-def build_loader(config: MutableMapping[str, Any]) -> Any:
+def _is_loader_object(config: Any) -> bool:
+    """Whether a loader config entry names one of our loader objects (``DATA_LOADERS``)."""
+    if not isinstance(config, Mapping):
+        return False
+    name = config.get("type")
+    return isinstance(name, str) and DATA_LOADERS.get(name) is not None
+
+
+def build_loader(config: Mapping[str, Any]) -> Any:
     """A loader object from ``dict(type=<DATA_LOADERS name>, ...)``."""
     config = dict(config)
     name = config.pop("type")
@@ -144,10 +184,7 @@ def materialize_dataloaders(cfg: MutableMapping[str, Any]) -> None:
     built: list[tuple[MutableMapping, Any]] = []
     for key in LOADER_KEYS:
         value = cfg.get(key)
-        if not isinstance(value, MutableMapping):
-            continue
-        name = value.get("type")
-        if not isinstance(name, str) or DATA_LOADERS.get(name) is None:
+        if not _is_loader_object(value):
             continue
         same = [obj for spec, obj in built if spec == value]
         if not same:
@@ -155,4 +192,55 @@ def materialize_dataloaders(cfg: MutableMapping[str, Any]) -> None:
         cfg[key] = same[0] if same else built[-1][1]
 
 
-__all__ = ["DATA_LOADERS", "LazyDaliDataLoader", "build_loader", "materialize_dataloaders"]
+def build_dataloader(config: Mapping[str, Any] | DataLoader, seed: int | None = None) -> DataLoader:
+    """The loader one ``{train,val,test}_dataloader`` config entry describes, built as a training
+    run builds it: a ``DATA_LOADERS`` entry (``type='DaliImageNetLoader'``) becomes the object
+    :func:`materialize_dataloaders` makes, any other entry goes through mmengine's
+    ``Runner.build_dataloader`` (dataset, sampler, collate function from the registries, in the
+    ``hpff_dist`` scope), which the Runner calls on the same entry (``FlexibleRunner``'s copy does
+    the same for our configs). Tools and tests use this, so they see the sampler, collate
+    function and transforms a run trains with.
+
+    ``seed`` plays the Runner's ``randomness.seed``: it seeds mmengine's ``DefaultSampler`` and
+    the workers; with ``None`` each call draws its own sampler seed. DALI entries carry their own
+    ``seed``. Ranks come from the process group (mmengine's ``get_dist_info``; ours also read
+    ``RANK``/``WORLD_SIZE`` without one).
+    """
+    if _is_loader_object(config):
+        config = build_loader(config)
+    from mmengine.runner import Runner  # the Runner's own builder; imported only when used
+
+    with DefaultScope.overwrite_default_scope(SCOPE):
+        return Runner.build_dataloader(config, seed=seed)
+
+
+def with_loader_args(config: Mapping[str, Any], **args: Any) -> dict[str, Any]:
+    """A deep copy of one loader config entry with ``args`` set where that kind of loader reads
+    them, so a tool or a test can point a config's loader at other data or sizes without knowing
+    its shape: a ``DATA_LOADERS`` entry (DALI) takes every argument itself; a torch DataLoader
+    entry keeps :data:`DATALOADER_ARGS` and hands the rest to its ``dataset``. Setting
+    ``num_workers`` there also sets ``persistent_workers`` to ``num_workers > 0`` unless given
+    (torch refuses persistent workers without workers)."""
+    out = copy.deepcopy(dict(config))
+    if _is_loader_object(out):
+        out.update(args)
+        return out
+    if "dataset" not in out:
+        raise KeyError(f"loader config {out} has neither a loader 'type' nor a 'dataset'")
+    out["dataset"] = dict(out["dataset"])
+    for key, value in args.items():
+        (out if key in DATALOADER_ARGS else out["dataset"])[key] = value
+    if "num_workers" in args and "persistent_workers" not in args:
+        out["persistent_workers"] = args["num_workers"] > 0
+    return out
+
+
+__all__ = [
+    "DATALOADER_ARGS",
+    "DATA_LOADERS",
+    "LazyDaliDataLoader",
+    "build_dataloader",
+    "build_loader",
+    "materialize_dataloaders",
+    "with_loader_args",
+]

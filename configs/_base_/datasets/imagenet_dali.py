@@ -5,7 +5,7 @@
 # them into DataLoader-compatible objects that build the pipeline after the process group exists.
 # data_root: env IMAGENET_SHARDS, else data/imagenet-wds; or --cfg-options
 #   train_dataloader.root=... val_dataloader.root=... test_dataloader.root=...
-# Images come out in [0, 1] (normalize=False): the model's data_preprocessor normalises.
+# Images come out in [0, 1]: the model's data_preprocessor is the one place that normalises.
 # DALI cannot skip a JPEG that fails to decode mid-run: the run stops naming shard and key
 # (truncated tars are found and skipped up front under max_bad_samples; docs/data.md).
 data_root = "{{$IMAGENET_SHARDS:data/imagenet-wds}}"
@@ -21,7 +21,6 @@ train_dataloader = dict(
     image_size=image_size,
     device="auto",
     seed=0,
-    normalize=False,
     max_bad_samples=100,
 )
 val_dataloader = dict(
@@ -32,7 +31,6 @@ val_dataloader = dict(
     num_threads=4,
     image_size=image_size,
     device="auto",
-    normalize=False,
 )
 test_dataloader = val_dataloader  # ImageNet's test labels are not public: report val
 val_evaluator = dict(type="TopKAccuracy", topk=(1, 5))

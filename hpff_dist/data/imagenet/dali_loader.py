@@ -3,7 +3,9 @@
 Decoding is ``mixed`` (nvJPEG on the GPU) when a GPU is present, and the very same graph runs on
 the CPU (``device_id=None``) otherwise, so the CPU tests exercise the code a GPU job runs with only
 the decoder/operator placement changed. Batches come out as torch tensors
-``(images float NCHW normalised, labels int64)`` on the pipeline's device.
+``(images float NCHW in [0, 1], labels int64)`` on the pipeline's device, like the other two
+backends: ``crop_mirror_normalize`` only scales by 1/255 (mean 0, std 255), and the model's data
+preprocessor normalises, as it does for every backend.
 
 Equal steps per rank: the reader pads each rank's part of the dataset with its last sample
 (``pad_last_batch=True``) and the iterator fills the last batch (``LastBatchPolicy.FILL``), so all
@@ -38,7 +40,7 @@ from hpff_dist.data.imagenet.shards import (
     find_split,
     read_dali_index,
 )
-from hpff_dist.data.imagenet.transforms import IMAGENET_MEAN, IMAGENET_STD, default_resize_size
+from hpff_dist.data.imagenet.transforms import default_resize_size, rejects_normalisation
 
 READER_NAME = "Reader"
 
@@ -136,15 +138,13 @@ def build_pipeline(
     resize_size: int,
     seed: int,
     prefetch: int = 2,
-    normalize: bool = True,
 ):
-    """The DALI graph: read shard -> decode (mixed or cpu) -> crop/resize -> flip + normalise
-    (ImageNet mean/std, or to [0, 1] with ``normalize=False``)."""
+    """The DALI graph: read shard -> decode (mixed or cpu) -> crop/resize -> flip + scale to
+    [0, 1] (mean 0, std 255: what ``ToDtype(scale=True)`` does in the torch backends). No
+    ImageNet mean/std here: the model's data preprocessor normalises every backend's batches."""
     from nvidia.dali import fn, pipeline_def, types
 
     gpu = device_id is not None
-    mean = [255 * m for m in IMAGENET_MEAN] if normalize else [0.0, 0.0, 0.0]
-    std = [255 * s for s in IMAGENET_STD] if normalize else [255.0, 255.0, 255.0]
 
     @pipeline_def(
         batch_size=batch_size,
@@ -200,8 +200,8 @@ def build_pipeline(
             crop=(image_size, image_size),
             crop_pos_x=crop_pos_x,
             crop_pos_y=crop_pos_y,
-            mean=mean,
-            std=std,
+            mean=[0.0, 0.0, 0.0],
+            std=[255.0, 255.0, 255.0],
             mirror=mirror,
         )
         labels = fn.reshape(labels, shape=[])
@@ -222,10 +222,12 @@ class DaliImageNetLoader:
         device: ``auto`` (GPU if present), ``gpu`` or ``cpu``.
         rank, world_size: global rank / number of ranks; default from torch.distributed or env.
         seed: pipeline seed; all ranks must agree (it also orders the shard shuffle).
-        normalize: ImageNet mean/std (default) or images in [0, 1] (``False``, for training:
-            our models normalise in their data preprocessor).
+
+    Images are in [0, 1]; there is no normalisation option (the model's data preprocessor
+    normalises, see :func:`~hpff_dist.data.imagenet.transforms.reject_normalisation`).
     """
 
+    @rejects_normalisation
     def __init__(
         self,
         root: str,
@@ -242,7 +244,6 @@ class DaliImageNetLoader:
         drop_last: bool | None = None,
         max_bad_samples: int = 0,
         prefetch: int = 2,
-        normalize: bool = True,
     ) -> None:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
@@ -271,7 +272,6 @@ class DaliImageNetLoader:
             resize_size=resize_size or default_resize_size(image_size),
             seed=seed,
             prefetch=prefetch,
-            normalize=normalize,
         )
         self.pipeline.build()
         self.iterator = DALIGenericIterator(

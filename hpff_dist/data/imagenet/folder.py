@@ -7,7 +7,7 @@ from pathlib import Path
 from torchvision.datasets import ImageFolder
 
 from hpff_dist.data.imagenet.errors import BadSampleBudget, DataNotFoundError
-from hpff_dist.data.imagenet.transforms import build_imagenet_transform
+from hpff_dist.data.imagenet.transforms import build_imagenet_transform, rejects_normalisation
 from hpff_dist.registry import DATASETS
 
 
@@ -15,10 +15,11 @@ from hpff_dist.registry import DATASETS
 class ImageNetFolder(ImageFolder):
     """ImageFolder with the paper's transforms; an unreadable image is skipped under a budget.
 
-    ``__getitem__`` returns ``(image, label)`` or ``None`` for a skipped image (drop it with
-    :class:`~hpff_dist.data.imagenet.collate.SkipBadCollate`).
+    ``__getitem__`` returns ``(image float CHW in [0, 1], label)`` or ``None`` for a skipped
+    image (drop it with :class:`~hpff_dist.data.imagenet.collate.SkipBadCollate`).
     """
 
+    @rejects_normalisation
     def __init__(
         self,
         root: str,
@@ -27,7 +28,6 @@ class ImageNetFolder(ImageFolder):
         image_size: int = 224,
         resize_size: int | None = None,
         max_bad_samples: int = 0,
-        normalize: bool = True,
     ) -> None:
         split_dir = Path(root) / split
         if not split_dir.is_dir() or not any(p.is_dir() for p in split_dir.iterdir()):
@@ -38,9 +38,7 @@ class ImageNetFolder(ImageFolder):
         self.train = split == "train" if train is None else train
         super().__init__(
             str(split_dir),
-            transform=build_imagenet_transform(
-                self.train, image_size, resize_size, normalize=normalize
-            ),
+            transform=build_imagenet_transform(self.train, image_size, resize_size),
         )
         self.budget = BadSampleBudget(max_bad_samples)
 

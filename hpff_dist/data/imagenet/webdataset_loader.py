@@ -21,7 +21,7 @@ from torch.utils.data import Dataset
 
 from hpff_dist.data.imagenet.errors import BadSampleBudget
 from hpff_dist.data.imagenet.shards import IMAGE_EXTS, find_split
-from hpff_dist.data.imagenet.transforms import build_imagenet_transform
+from hpff_dist.data.imagenet.transforms import build_imagenet_transform, rejects_normalisation
 from hpff_dist.registry import DATASETS
 
 _IMAGE_KEYS = tuple("." + ext for ext in IMAGE_EXTS.split(";"))
@@ -36,10 +36,11 @@ def _local_shard(url: str) -> str:
 class ImageNetShards(Dataset):
     """Map-style dataset over ``<split>-*.tar`` written by ``tools/make_shards.py``.
 
-    ``__getitem__`` returns ``(image CHW float, label)`` or ``None`` for a skipped bad sample.
-    ``shard_lengths`` feeds :class:`ShardAwareDistributedSampler`.
+    ``__getitem__`` returns ``(image float CHW in [0, 1], label)`` or ``None`` for a skipped bad
+    sample. ``shard_lengths`` feeds :class:`ShardAwareDistributedSampler`.
     """
 
+    @rejects_normalisation
     def __init__(
         self,
         root: str,
@@ -49,13 +50,10 @@ class ImageNetShards(Dataset):
         resize_size: int | None = None,
         max_bad_samples: int = 0,
         lru_size: int = 10,
-        normalize: bool = True,
     ) -> None:
         self.split_info = find_split(root, split)
         self.train = split == "train" if train is None else train
-        self.transform = build_imagenet_transform(
-            self.train, image_size, resize_size, normalize=normalize
-        )
+        self.transform = build_imagenet_transform(self.train, image_size, resize_size)
         self.shards = wids.ShardListDataset(
             self.split_info.wids_shardlist(),
             localname=_local_shard,
