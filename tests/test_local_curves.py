@@ -23,9 +23,15 @@ class _Visualizer:
         self.calls.append((scalars, step))
 
 
-def _runner(tmp_path, model):
+def _runner(tmp_path, model, resume=True):
     return SimpleNamespace(
-        model=model, iter=0, epoch=0, rank=0, work_dir=str(tmp_path), visualizer=_Visualizer()
+        model=model,
+        iter=0,
+        epoch=0,
+        rank=0,
+        work_dir=str(tmp_path),
+        visualizer=_Visualizer(),
+        _resume=resume,
     )
 
 
@@ -34,7 +40,7 @@ def _feed(hook, runner, model, steps):
         model.local_losses = {"m01/ind": torch.tensor(ind), "m01/cas": torch.tensor(cas)}
         runner.iter = i
         hook.after_train_iter(runner, i)
-    runner.iter = len(steps) - 1
+    runner.iter = len(steps)  # mmengine has counted the last iteration when training ends
     hook.after_train(runner)
 
 
@@ -47,7 +53,7 @@ def test_hook_averages_each_module_and_level_over_its_interval(tmp_path):
     assert hook.losses == [
         {"iter": 3, "epoch": 0, "values": {"m01/cas": 1.5, "m01/ind": 1.0}},
         {"iter": 5, "epoch": 0, "values": {"m01/cas": 2.0, "m01/ind": 3.0}},
-    ]
+    ]  # the last point sits at the last step (5), not one past it
     assert runner.visualizer.calls[0] == ({"local/m01/cas": 1.5, "local/m01/ind": 1.0}, 3)
     saved = json.loads((tmp_path / "local_curves.json").read_text())
     assert saved["losses"] == hook.losses
@@ -75,6 +81,29 @@ def test_hook_history_survives_a_checkpoint(tmp_path):
     resumed.after_load_checkpoint(runner, torch.load(blob, weights_only=True))
     assert resumed.losses == hook.losses and resumed.metrics == hook.metrics
     assert resumed.metrics[0]["values"] == {"top1": 55.0, "top5": 90.0}
+    # load_from without resume: a new run, with curves of its own.
+    fresh = LocalLossCurvesHook(interval=1, plot=False)
+    fresh.after_load_checkpoint(_runner(tmp_path, model, resume=False), checkpoint)
+    assert fresh.losses == [] and fresh.metrics == []
+
+
+def test_resume_keeps_the_validation_written_after_the_checkpoint(tmp_path):
+    """Checkpoints are saved before their epoch's validation: that point comes back from the
+    work dir's local_curves.json, later ones (past the checkpoint) do not."""
+    model = SimpleNamespace(local_losses={"m00/cas": torch.tensor(0.7)})
+    runner = _runner(tmp_path, model)
+    hook = LocalLossCurvesHook(interval=1, plot=False)
+    runner.iter = 0
+    hook.after_train_iter(runner, 0)
+    checkpoint: dict = {"meta": {"epoch": 1, "iter": 1}}
+    hook.before_save_checkpoint(runner, checkpoint)
+    runner.iter, runner.epoch = 1, 1
+    hook.after_val_epoch(runner, {"top1": 61.0})  # epoch 1's validation, after the save
+    runner.iter, runner.epoch = 2, 2
+    hook.after_val_epoch(runner, {"top1": 70.0})  # a later epoch the resumed run redoes
+    resumed = LocalLossCurvesHook(interval=1, plot=False)
+    resumed.after_load_checkpoint(runner, checkpoint)
+    assert [p["values"]["top1"] for p in resumed.metrics] == [61.0]
 
 
 def test_hook_rejects_a_bad_interval():
@@ -85,7 +114,7 @@ def test_hook_rejects_a_bad_interval():
 def test_plot_has_a_panel_per_level_and_one_for_metrics(tmp_path):
     history = {
         "losses": [
-            {"iter": i, "epoch": 0, "values": {"m00/cas": 2.0 / i, "m01/ind": 1.0 / i}}
+            {"iter": i, "epoch": 0, "values": {"m00/cas": 2.0 / i, "m01/probe": 1.0 / i}}
             for i in (1, 2, 3)
         ],
         "metrics": [{"iter": 3, "epoch": 1, "values": {"top1": 60.0}}],

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REPO
 from torch import nn
 
 from hpff_dist.local import (
@@ -236,3 +237,94 @@ def test_levels_are_validated():
         build_spec(dict(method="dgl", levels=[dict(name="a", span=1, weight=1.0)] * 2))
     with pytest.raises(ValueError, match="unknown level keys"):
         build_spec(dict(method="dgl", levels=[dict(name="a", span=1, weight=1.0, spam=1)]))
+
+
+def test_shorthand_beside_explicit_levels_is_refused(preset_cleanup):
+    levels = [dict(name="probe", span=1, weight=1.0, head=dict(type="ClassifierAuxHead"))]
+    with pytest.raises(ValueError, match=r"\['pff', 'w_cas'\] are shorthand"):
+        build_spec(dict(method="dgl", levels=levels, w_cas=0.5, pff=dict(n=4)))
+    spec = build_spec(dict(method="dgl", levels=levels))
+    assert build_spec(spec.to_dict()) == spec  # the round trip drops the inert shorthand
+
+
+def test_register_preset_keeps_nothing_when_invalid(preset_cleanup):
+    bad = dict(levels=[dict(name="x", span=5, weight=1.0)])
+    with pytest.raises(ValueError, match="span"):
+        register_preset("broken_method", bad)
+    register_preset("broken_method", dict(levels=[dict(name="x", span=1, weight=1.0)]))
+
+
+def test_bad_names_and_options_fail_at_build_time():
+    with pytest.raises(ValueError, match="not ending in a digit"):
+        Level("ind1", 1, 1.0)
+    with pytest.raises(ValueError, match="aux_pool applies"):
+        build_spec(dict(method="dgl", aux_net="bottleneck", aux_pool=2))
+    with pytest.raises(TypeError, match=r"lacks \['net', 'criterion', 'loss_mode'\]"):
+        HEADS.build(dict(type="PatchFusedClassifier", head=dict(type="LinearProbeHead")), CTX)
+
+
+@HEADS.register()
+class DictTargetProbe(LinearProbeHead):
+    """Reads its labels from a dict of targets, as a dense task's heads would."""
+
+    def forward(self, feature, targets, image=None) -> HeadOutput:
+        return super().forward(feature, targets["labels"], image)
+
+
+def test_targets_reach_the_heads_untouched():
+    torch.manual_seed(0)
+    levels = [dict(name="probe", span=1, weight=1.0, head=dict(type="DictTargetProbe"))]
+    net = CifarResNet(depth=8, num_classes=3)
+    learner = build_local_learner(
+        net,
+        None,
+        3,
+        dict(method="dgl", k=3, levels=levels),
+        task_loss=lambda logits, t: F.cross_entropy(logits, t["labels"]),
+    )
+    targets = {"labels": torch.tensor([0, 1, 2, 0]), "meta": ["a", "b", "c", "d"]}
+    out = learner.train_step_losses(torch.randn(4, 3, 8, 8), targets)
+    assert set(out.losses) == {"loss_probe", "ce_last"}
+    assert learner.heads["probe1"].fc.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("size", [32, 37])
+def test_declared_feature_info_matches_the_real_outputs(size):
+    """The sizes heads are built for (no forward pass any more) are the real ones."""
+    from hpff_dist.models.imagenet_resnet import TorchvisionResNet
+
+    for net, image in ((CifarResNet(depth=20), size), (TorchvisionResNet("resnet50"), 2 * size)):
+        net.eval()
+        x = torch.zeros(1, 3, image, image)
+        with torch.no_grad():
+            x = net.stem(x)
+            for block, info in zip(net.blocks, net.feature_info, strict=True):
+                x = block(x)
+                assert x.shape[1] == info.channels
+                assert tuple(x.shape[-2:]) == info.spatial_size((image, image)), (block, info)
+
+
+def test_custom_imports_register_a_head_from_a_user_module(tmp_path, monkeypatch):
+    (tmp_path / "my_heads.py").write_text(
+        "from hpff_dist.local import HEADS\n"
+        "from hpff_dist.local.heads import ClassifierAuxHead\n\n"
+        "@HEADS.register()\n"
+        "class MyUserHead(ClassifierAuxHead):\n"
+        "    pass\n"
+    )
+    config = tmp_path / "cfg.py"
+    config.write_text(
+        f"_base_ = ['{REPO}/configs/fashion_mnist/resnet32_k16_dgl.py']\n"
+        "custom_imports = dict(imports=['my_heads'], allow_failed_imports=False)\n"
+        "model = dict(method=dict(method='dgl', k=4, levels=[dict(name='mine', span=1, "
+        "weight=1.0, head=dict(type='MyUserHead', config='0c1f'))]))\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from hpff_dist.engine.config import load_config
+    from hpff_dist.engine.resolve import resolve_config
+    from hpff_dist.registry import MODELS
+
+    cfg, _ = resolve_config(load_config(str(config)))
+    with torch.device("meta"):
+        model = MODELS.build(cfg.model)
+    assert type(model.learner.heads["mine1"]).__name__ == "MyUserHead"

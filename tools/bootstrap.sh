@@ -35,7 +35,8 @@ debian_packages() {
 # True when dpkg knows the package as installed (a removed package whose configuration files
 # remain is "deinstall ok config-files": not installed).
 is_installed() {
-    dpkg -s "$1" 2>/dev/null | grep -qx 'Status: install ok installed'
+    # grep reads all of dpkg's output (no -q): an early exit would SIGPIPE dpkg under pipefail.
+    dpkg -s "$1" 2>/dev/null | grep -x 'Status: install ok installed' >/dev/null
 }
 
 # Run "VAR=value... command args" as root: directly when we are root, else through sudo.
@@ -78,8 +79,9 @@ hash_of() { cat "$@" | sha256sum | cut -c1-16; }
 
 build_venv() {
     export DS_BUILD_OPS=0 # DeepSpeed: no C++/CUDA op builds at install time
-    local stamp="$VENV/.installed-$(hash_of requirements.txt requirements.lock)"
-    local pkg_stamp="$VENV/.package-$(hash_of pyproject.toml)"
+    local stamp pkg_stamp
+    stamp="$VENV/.installed-$(hash_of requirements.txt requirements.lock)"
+    pkg_stamp="$VENV/.package-$(hash_of pyproject.toml)"
     if [ ! -f "$stamp" ]; then
         command -v "$PYTHON" >/dev/null 2>&1 ||
             fail "$PYTHON not found; install Python 3.11 or set PYTHON=/path/to/python3.11"

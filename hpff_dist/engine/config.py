@@ -25,7 +25,7 @@ KNOWN_KEYS = frozenset(
         "param_scheduler", "val_evaluator", "test_evaluator", "default_hooks", "custom_hooks",
         "data_preprocessor", "load_from", "resume", "launcher", "env_cfg", "log_processor",
         "log_level", "visualizer", "default_scope", "randomness", "experiment_name",
-        "strategy", "compile", "cfg", "runner_type",
+        "strategy", "compile", "cfg", "runner_type", "custom_imports",
         # ours: hpff_dist.engine.cpu_malloc
         "cpu_malloc",
         # helper variables of our base configs

@@ -40,6 +40,7 @@ class LocalLossCurvesHook(Hook):
         self.metrics: list[dict[str, Any]] = []  # {"iter", "epoch", "values": {name: value}}
         self._sums: dict[str, Any] = {}
         self._count = 0
+        self._last_iter = 0  # 1-based iteration of the last step summed
 
     # ------------------------------------------------------------------ collect
     def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
@@ -50,6 +51,7 @@ class LocalLossCurvesHook(Hook):
         for key, value in step_losses.items():
             self._sums[key] = self._sums[key] + value if key in self._sums else value.clone()
         self._count += 1
+        self._last_iter = runner.iter + 1
         if self._count >= self.interval:
             self._flush(runner)
 
@@ -61,7 +63,7 @@ class LocalLossCurvesHook(Hook):
             return
         means = {k: float(v) / self._count for k, v in sorted(self._sums.items())}
         self._sums, self._count = {}, 0
-        point = {"iter": runner.iter + 1, "epoch": runner.epoch, "values": means}
+        point = {"iter": self._last_iter, "epoch": runner.epoch, "values": means}
         self.losses.append(point)
         runner.visualizer.add_scalars(
             {f"local/{k}": v for k, v in means.items()}, step=point["iter"]
@@ -80,14 +82,29 @@ class LocalLossCurvesHook(Hook):
     # ------------------------------------------------------------------ resume
     def before_save_checkpoint(self, runner, checkpoint: dict) -> None:
         checkpoint.setdefault("meta", {})["local_curves"] = {
-            "losses": self.losses,
-            "metrics": self.metrics,
+            "losses": list(self.losses),
+            "metrics": list(self.metrics),
         }
 
     def after_load_checkpoint(self, runner, checkpoint: dict) -> None:
+        """On resume, continue the checkpoint's curves (``load_from`` alone starts new ones).
+
+        The checkpoint is written before its epoch's validation, so that point is taken from
+        the work dir's ``local_curves.json`` when it is there (up to the checkpoint's step).
+        """
+        if not getattr(runner, "_resume", False):
+            return
         saved = checkpoint.get("meta", {}).get("local_curves")
-        if saved:
-            self.losses, self.metrics = list(saved["losses"]), list(saved["metrics"])
+        if not saved:
+            return
+        self.losses, self.metrics = list(saved["losses"]), list(saved["metrics"])
+        at = int(checkpoint.get("meta", {}).get("iter", 0))
+        path = os.path.join(runner.work_dir, "local_curves.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                written = json.load(f).get("metrics", [])
+            known = {p["iter"] for p in self.metrics}
+            self.metrics += [p for p in written if p["iter"] <= at and p["iter"] not in known]
 
     # ------------------------------------------------------------------ output
     def _write(self, runner) -> None:
@@ -113,7 +130,9 @@ def plot_local_curves(history: dict[str, list], path: str, title: str = "") -> N
     losses, metrics = history["losses"], history["metrics"]
     keys = sorted({k for point in losses for k in point["values"]})
     modules = sorted({int(k.split("/")[0][1:]) for k in keys})
-    levels = [lv for lv in LEVEL_TITLES if any(k.endswith("/" + lv) for k in keys)]
+    level_names = {k.split("/", 1)[1] for k in keys}
+    levels = [lv for lv in LEVEL_TITLES if lv in level_names]
+    levels += sorted(level_names - set(LEVEL_TITLES))
     panels = len(levels) + (1 if metrics else 0)
     fig, axes = plt.subplots(1, max(panels, 1), figsize=(5.2 * max(panels, 1), 4), squeeze=False)
     norm = colors.Normalize(vmin=min(modules, default=0), vmax=max(modules, default=1))
@@ -124,7 +143,8 @@ def plot_local_curves(history: dict[str, list], path: str, title: str = "") -> N
             pts = [(p["iter"], p["values"][key]) for p in losses if key in p["values"]]
             if pts:
                 ax.plot(*zip(*pts, strict=True), color=cmap(norm(m)), lw=1.2)
-        ax.set(title=f"{LEVEL_TITLES[level]} loss per module", xlabel="iteration", ylabel="loss")
+        title = LEVEL_TITLES.get(level, f"level {level!r}")
+        ax.set(title=f"{title} loss per module", xlabel="iteration", ylabel="loss")
         ax.grid(alpha=0.3)
         fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="local module")
     if metrics:

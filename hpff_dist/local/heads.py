@@ -117,6 +117,11 @@ class ClassifierHeadBase(LocalHead):
     loss_mode: str
     temperature: float
 
+    @classmethod
+    def from_config(cls, ctx: HeadContext, **kwargs: Any) -> ClassifierHeadBase:
+        """Input width and number of classes from the module; the rest from the config."""
+        return cls(ctx.feature.channels, num_classes=ctx.num_classes, **kwargs)
+
     def criterion(self, outputs: Tensor, targets: Tensor) -> Tensor:
         if self.loss_mode == "contrast":
             return supervised_contrastive_loss(outputs, targets, self.temperature)
@@ -141,10 +146,6 @@ class ClassifierAuxHead(ClassifierHeadBase):
     config='2c2f', pool=1, loss=..., widen=..., feature_dim=..., temperature=...)``; the input
     width and classes come from the context.
     """
-
-    @classmethod
-    def from_config(cls, ctx: HeadContext, **kwargs: Any) -> ClassifierAuxHead:
-        return cls(ctx.feature.channels, num_classes=ctx.num_classes, **kwargs)
 
     def __init__(
         self,

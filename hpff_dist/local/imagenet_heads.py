@@ -148,10 +148,6 @@ class BottleneckAuxHead(ClassifierHeadBase):
     supervised contrastive loss (as ``ClassifierAuxHead``).
     """
 
-    @classmethod
-    def from_config(cls, ctx: HeadContext, **kwargs: Any) -> BottleneckAuxHead:
-        return cls(ctx.feature.channels, num_classes=ctx.num_classes, **kwargs)
-
     def __init__(
         self,
         in_channels: int,

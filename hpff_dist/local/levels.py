@@ -9,7 +9,7 @@ task's own head on the levels that say so. Presets are tuples of these (``spec.p
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 #: spans the one-forward schedule supports: it keeps at most two module graphs alive.
@@ -31,13 +31,16 @@ class Level:
     name: str
     span: int
     weight: float
-    head: dict[str, Any] | None = field(default=None, compare=True)
+    head: dict[str, Any] | None = None
     first_module: bool = True
     last_module: bool = True
 
     def __post_init__(self) -> None:
-        if not self.name or not self.name.isidentifier():
-            raise ValueError(f"level name must be a short identifier, got {self.name!r}")
+        if not self.name or not self.name.isidentifier() or self.name[-1].isdigit():
+            # Heads are keyed name + module index ('cas3'): a trailing digit could collide.
+            raise ValueError(
+                f"level name must be an identifier not ending in a digit, got {self.name!r}"
+            )
         if self.span not in SPANS:
             raise ValueError(
                 f"level {self.name!r}: span must be one of {SPANS} (the one-forward schedule "
@@ -54,14 +57,7 @@ class Level:
         return self.weight != 0
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(
-            name=self.name,
-            span=self.span,
-            weight=self.weight,
-            head=self.head,
-            first_module=self.first_module,
-            last_module=self.last_module,
-        )
+        return asdict(self)
 
 
 def level_from(value: Level | dict[str, Any]) -> Level:
@@ -70,7 +66,7 @@ def level_from(value: Level | dict[str, Any]) -> Level:
         return value
     if not isinstance(value, dict):
         raise TypeError("a level is a dict like dict(name='ind', span=1, weight=1.0, head=...)")
-    valid = {"name", "span", "weight", "head", "first_module", "last_module"}
+    valid = {f.name for f in fields(Level)}
     unknown = set(value) - valid
     if unknown:
         raise ValueError(f"unknown level keys {sorted(unknown)}; valid keys: {sorted(valid)}")

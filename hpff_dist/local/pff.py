@@ -50,7 +50,8 @@ def _check_n(n: int, ctx: HeadContext, key: str = "pff.n") -> None:
             raise ValueError(
                 f"{key}={n}: local module {ctx.module_index}'s output is {h}x{w} at image size "
                 f"{ctx.image_size[0]}x{ctx.image_size[1]}, too small for {n}x{n} patches; "
-                f"lower model.method.{key} or leave this level without PFF (pff.levels)"
+                f"use a smaller n (model.method.{key}, or n of the level's head config) or "
+                "no PFF on this level"
             )
 
 
@@ -90,6 +91,12 @@ class PatchFusedClassifier(LocalHead):
         self, inner: ClassifierHeadBase, n: int = 2, layout: str = "NCHW", prefix_tokens: int = 0
     ) -> None:
         super().__init__()
+        missing = [a for a in ("net", "criterion", "loss_mode") if not hasattr(inner, a)]
+        if missing:
+            raise TypeError(
+                f"PatchFusedClassifier needs a classifier-like head with net (feature -> "
+                f"outputs), criterion and loss_mode; {type(inner).__name__} lacks {missing}"
+            )
         self.inner = inner
         self.n = n
         self.layout = layout

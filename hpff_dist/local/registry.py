@@ -46,6 +46,10 @@ class Registry:
         self._classes: dict[str, type] = {}
 
     def register(self, name: str | None = None, force: bool = False) -> Callable[[T], T]:
+        """Class decorator: ``@HEADS.register()`` or ``@HEADS.register("OtherName")``."""
+        if isinstance(name, type):
+            raise TypeError("use @HEADS.register() with parentheses")
+
         def add(cls: T) -> T:
             key = name or cls.__name__
             if key in self._classes and not force and self._classes[key] is not cls:
@@ -77,10 +81,8 @@ class Registry:
             raise TypeError(f"a {self.kind} config is a dict with a 'type', got {cfg!r}")
         args = dict(cfg)
         cls = self.get(args.pop("type"))
-        head = cls.from_config(ctx, **args)
-        if head is not None:
-            check_layout(f"{self.kind} {cls.__name__}", cls.layouts, ctx.feature)
-        return head
+        check_layout(f"{self.kind} {cls.__name__}", cls.layouts, ctx.feature)
+        return cls.from_config(ctx, **args)
 
 
 HEADS = Registry("aux head")

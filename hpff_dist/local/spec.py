@@ -117,6 +117,8 @@ class LocalSpec:
                 raise ValueError(f"{err}, or one of {NAMED_AUX_NETS}") from None
         if self.aux_pool < 1:
             raise ValueError(f"aux_pool must be >= 1, got {self.aux_pool}")
+        if self.aux_pool != 1 and self.aux_net in NAMED_AUX_NETS:
+            raise ValueError(f"aux_pool applies to '<a>c<b>f' heads, not aux_net={self.aux_net!r}")
         if self.decoder_width < 1:
             raise ValueError(f"decoder_width must be >= 1, got {self.decoder_width}")
         if self.k < 1:
@@ -134,6 +136,8 @@ class LocalSpec:
             out["pff"] = {f.name: getattr(self.pff, f.name) for f in fields(self.pff)}
         if self.levels is not None:
             out["levels"] = [lv.to_dict() for lv in self.levels]
+            for key in SHORTHAND_KEYS:  # they have no effect beside explicit levels
+                out.pop(key, None)
         return out
 
     def resolved_levels(self) -> tuple[Level, ...]:
@@ -242,8 +246,16 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-#: the built-in methods; ``register_preset`` adds more.
+#: the built-in methods (``PRESETS`` also holds those ``register_preset`` adds).
 METHODS = tuple(PRESETS)
+#: keys that only shape the default two levels (``LocalSpec.resolved_levels``).
+SHORTHAND_KEYS = frozenset(
+    {
+        "aux_net", "aux_pool", "local_loss", "widen", "feature_dim", "temperature",
+        "ind_head", "cas_head", "w_ind", "w_cas", "first_module", "last_module",
+        "ixx_1", "ixy_1", "ixx_2", "ixy_2", "pff", "decoder", "decoder_width",
+    }
+)  # fmt: skip
 
 
 def register_preset(name: str, values: dict[str, Any], force: bool = False) -> None:
@@ -257,8 +269,16 @@ def register_preset(name: str, values: dict[str, Any], force: bool = False) -> N
         raise ValueError(
             f"unknown local-learning keys {sorted(unknown)}; valid keys: {sorted(valid)}"
         )
+    previous = PRESETS.get(name)
     PRESETS[name] = dict(values)
-    build_spec(dict(method=name))  # validate now, not when a job starts
+    try:
+        build_spec(dict(method=name))  # validate now, not when a job starts
+    except Exception:
+        if previous is None:
+            del PRESETS[name]
+        else:
+            PRESETS[name] = previous
+        raise
 
 
 def _check(name: str, value: Any, allowed: tuple[str, ...]) -> None:
@@ -301,6 +321,15 @@ def build_spec(config: dict[str, Any] | LocalSpec) -> LocalSpec:
     method = config["method"]
     _check("method", method, tuple(PRESETS))
     values = {**PRESETS[method], **config}
+    if values.get("levels") is not None:
+        # Explicit levels carry their own heads and weights: a shorthand key the user sets
+        # beside them would be ignored, so it is refused.
+        ignored = sorted(set(config) & SHORTHAND_KEYS)
+        if ignored:
+            raise ValueError(
+                f"{ignored} are shorthand for the default levels and have no effect when the "
+                f"method has explicit levels (method={method!r}); set them inside the levels"
+            )
     if "pff" in values:
         values["pff"] = _pff_from(values["pff"])
     if values.get("levels") is not None:

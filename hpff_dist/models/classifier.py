@@ -71,7 +71,7 @@ class LocalClassifier(LocalTrainStepMixin, BaseModel):
         if not isinstance(net, BlockNetwork):
             raise TypeError(
                 f"backbone {backbone['type']!r} must expose stem/blocks/head/block_ids/"
-                "block_channels (hpff_dist.local.network.BlockNetwork)"
+                "feature_info (hpff_dist.local.network.BlockNetwork)"
             )
         loss = dict(loss or {})
         unknown = set(loss) - set(CROSS_ENTROPY_OPTIONS)

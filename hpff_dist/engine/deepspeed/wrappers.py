@@ -33,7 +33,7 @@ class LocalDeepSpeedOptimWrapper(DeepSpeedOptimWrapper):
         self._calls = 0
 
     def loss_backward(self) -> LossBackward:
-        """The multi-backward hook of ``hpff_dist.engine.backward``: ``engine.backward`` divides
+        """The multi-backward hook of ``hpff_dist.models.local_step``: ``engine.backward`` divides
         every loss by the accumulation steps (``scale_wrt_gas``), bf16/fp32 scale no further."""
         return LossBackward(self, 1.0 / self.accumulation_steps)
 
