@@ -208,7 +208,8 @@ def build_dataloader(config: Mapping[str, Any] | DataLoader, seed: int | None = 
     """
     if _is_loader_object(config):
         config = build_loader(config)
-    from mmengine.runner import Runner  # the Runner's own builder; imported only when used
+    # The Runner's own builder, imported only when used and without importing DeepSpeed.
+    from hpff_dist.engine.mmengine_runner import Runner
 
     with DefaultScope.overwrite_default_scope(SCOPE):
         return Runner.build_dataloader(config, seed=seed)

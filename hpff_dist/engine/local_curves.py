@@ -143,8 +143,8 @@ def plot_local_curves(history: dict[str, list], path: str, title: str = "") -> N
             pts = [(p["iter"], p["values"][key]) for p in losses if key in p["values"]]
             if pts:
                 ax.plot(*zip(*pts, strict=True), color=cmap(norm(m)), lw=1.2)
-        title = LEVEL_TITLES.get(level, f"level {level!r}")
-        ax.set(title=f"{title} loss per module", xlabel="iteration", ylabel="loss")
+        name = LEVEL_TITLES.get(level, f"level {level!r}")
+        ax.set(title=f"{name} loss per module", xlabel="iteration", ylabel="loss")
         ax.grid(alpha=0.3)
         fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="local module")
     if metrics:
