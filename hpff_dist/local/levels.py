@@ -9,6 +9,7 @@ task's own head on the levels that say so. Presets are tuples of these (``spec.p
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -66,11 +67,16 @@ def level_from(value: Level | dict[str, Any]) -> Level:
         return value
     if not isinstance(value, dict):
         raise TypeError("a level is a dict like dict(name='ind', span=1, weight=1.0, head=...)")
-    valid = {f.name for f in fields(Level)}
-    unknown = set(value) - valid
-    if unknown:
-        raise ValueError(f"unknown level keys {sorted(unknown)}; valid keys: {sorted(valid)}")
+    refuse_unknown_keys("level", value, {f.name for f in fields(Level)})
     return Level(**value)
+
+
+def refuse_unknown_keys(kind: str, given: Iterable[str], valid: Iterable[str]) -> None:
+    """Raise ``ValueError`` naming the keys of ``given`` not in ``valid``, and the valid ones."""
+    valid = set(valid)
+    unknown = set(given) - valid
+    if unknown:
+        raise ValueError(f"unknown {kind} keys {sorted(unknown)}; valid keys: {sorted(valid)}")
 
 
 def check_levels(levels: tuple[Level, ...]) -> None:

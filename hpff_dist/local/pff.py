@@ -153,21 +153,24 @@ class PatchFusedClassifier(LocalHead):
             return False
         if any(isinstance(m, (nn.Conv2d, nn.modules.batchnorm._BatchNorm)) for m in net.modules()):
             return False
-        if not isinstance(net[0], nn.AdaptiveAvgPool2d):
-            return False
-        size = net[0].output_size
-        side = size if isinstance(size, int) else size[0]
-        if not isinstance(side, int) or size not in (side, (side, side)):
-            return False
+        side = self._pool_side()
         h, w = feature.shape[-2:]
-        return h % (self.n * side) == 0 and w % (self.n * side) == 0
+        return side is not None and h % (self.n * side) == 0 and w % (self.n * side) == 0
+
+    def _pool_side(self) -> int | None:
+        """p when the head starts with a square ``AdaptiveAvgPool2d(p)``, else None."""
+        first = self.inner.net[0]
+        if not isinstance(first, nn.AdaptiveAvgPool2d):
+            return None
+        size = first.output_size
+        side = size if isinstance(size, int) else size[0]
+        return side if isinstance(side, int) and size in (side, (side, side)) else None
 
     def _accumulate_pooled(
         self, feature: Tensor, targets: Tensor, weight: float, backward: Backward
     ) -> HeadOutput:
         n, batch, channels = self.n, feature.shape[0], feature.shape[1]
-        size = self.inner.net[0].output_size
-        p = size if isinstance(size, int) else size[0]
+        p = self._pool_side()
         pooled = nn.functional.adaptive_avg_pool2d(feature, n * p)  # (B, C, n p, n p)
         # (B, C, n, p, n, p) -> (n, n, B, C, p, p): patch (i, j)'s p x p means, row-major.
         cells = pooled.view(batch, channels, n, p, n, p).permute(2, 4, 0, 1, 3, 5)

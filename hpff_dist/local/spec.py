@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from hpff_dist.local.heads import LOCAL_LOSSES, parse_aux_net
-from hpff_dist.local.levels import Level, check_levels, level_from
+from hpff_dist.local.levels import Level, check_levels, level_from, refuse_unknown_keys
 from hpff_dist.local.pff import PATCH_LOSSES, PFF_VARIANTS
 from hpff_dist.local.schedule import SCHEDULE_FUNCTIONS
 
@@ -263,12 +263,7 @@ def register_preset(name: str, values: dict[str, Any], force: bool = False) -> N
     ``register_preset('my_method', dict(levels=...))`` configs say ``method='my_method'``."""
     if name in PRESETS and not force:
         raise KeyError(f"method {name!r} is already a preset")
-    valid = {f.name for f in fields(LocalSpec)} - {"method"}
-    unknown = set(values) - valid
-    if unknown:
-        raise ValueError(
-            f"unknown local-learning keys {sorted(unknown)}; valid keys: {sorted(valid)}"
-        )
+    refuse_unknown_keys("local-learning", values, {f.name for f in fields(LocalSpec)} - {"method"})
     previous = PRESETS.get(name)
     PRESETS[name] = dict(values)
     try:
@@ -295,10 +290,7 @@ def _pff_from(value: Any) -> PFFSpec | None:
         raise TypeError(
             f"pff must be None or a dict like dict(n=2, variant='paper'), got {value!r}"
         )
-    valid = {f.name for f in fields(PFFSpec)}
-    unknown = set(value) - valid
-    if unknown:
-        raise ValueError(f"unknown pff keys {sorted(unknown)}; valid keys: {sorted(valid)}")
+    refuse_unknown_keys("pff", value, {f.name for f in fields(PFFSpec)})
     kwargs = dict(value)
     if "levels" in kwargs:
         levels = kwargs["levels"]
@@ -310,12 +302,7 @@ def build_spec(config: dict[str, Any] | LocalSpec) -> LocalSpec:
     """``dict(method='dgl_hpff', k=16, ...)`` -> ``LocalSpec`` (preset values, then overrides)."""
     if isinstance(config, LocalSpec):
         return config
-    valid = {f.name for f in fields(LocalSpec)}
-    unknown = set(config) - valid
-    if unknown:
-        raise ValueError(
-            f"unknown local-learning keys {sorted(unknown)}; valid keys: {sorted(valid)}"
-        )
+    refuse_unknown_keys("local-learning", config, {f.name for f in fields(LocalSpec)})
     if "method" not in config:
         raise ValueError(f"the spec needs a 'method', one of {tuple(PRESETS)}")
     method = config["method"]
@@ -332,8 +319,6 @@ def build_spec(config: dict[str, Any] | LocalSpec) -> LocalSpec:
             )
     if "pff" in values:
         values["pff"] = _pff_from(values["pff"])
-    if values.get("levels") is not None:
-        values["levels"] = tuple(values["levels"])
     return LocalSpec(**values)
 
 
@@ -341,8 +326,6 @@ def with_overrides(spec: LocalSpec, **changes: Any) -> LocalSpec:
     """A copy of ``spec`` with some fields changed (``pff`` may be a dict)."""
     if "pff" in changes:
         changes["pff"] = _pff_from(changes["pff"])
-    if changes.get("levels") is not None:
-        changes["levels"] = tuple(changes["levels"])
     return replace(spec, **changes)
 
 

@@ -90,9 +90,6 @@ class LocalClassifier(LocalTrainStepMixin, BaseModel):
         )
         if channels_last:
             self.learner.to(memory_format=torch.channels_last)
-        # The last train step's loss of every local module and level ('m03/ind', 'm03/cas'),
-        # detached: read by ``LocalLossCurvesHook``.
-        self.local_losses: dict[str, Tensor] = {}
 
     @property
     def net(self) -> BlockNetwork:

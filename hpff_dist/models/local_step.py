@@ -80,8 +80,8 @@ class LocalTrainStepMixin:
 
     learner: Any
     data_preprocessor: Any
-    #: the last step's loss of every local module and level (``'m03/ind'``), detached; read by
-    #: ``hpff_dist.engine.local_curves.LocalLossCurvesHook``.
+    #: the last step's loss of every local module and level (``'m03/ind'``), detached, set by
+    #: ``train_step``; read by ``hpff_dist.engine.local_curves.LocalLossCurvesHook``.
     local_losses: dict[str, Tensor]
 
     def train_step(self, data: Any, optim_wrapper: Any) -> dict[str, Tensor]:
