@@ -160,7 +160,7 @@ def test_build_runner_writes_and_logs_the_resolved_config(tmp_path):
     log = next(tmp_path.glob("*/*.log")).read_text()
     assert "config change by resolve_config: train_cfg.type: <unset> -> " in log
     assert "config change by resolve_config: model.data_preprocessor: " in log
-    assert type(runner).__name__ == "Runner"
+    assert type(runner).__name__ == "LocalRunner"  # mmengine's Runner + our checkpoint policy
 
 
 # A single-process run, built and trained for two iterations, never imports DeepSpeed.
@@ -213,4 +213,4 @@ def test_single_process_run_does_not_import_deepspeed(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [line[2:] for line in out.stdout.splitlines() if line.startswith("> ")]
-    assert lines == ["Runner 2 False []"], out.stdout[-2000:]
+    assert lines == ["LocalRunner 2 False []"], out.stdout[-2000:]

@@ -46,6 +46,7 @@ from hpff_dist.data.imagenet.shards import (
     read_dali_index,
 )
 from hpff_dist.data.loader_builder import build_dataloader, with_loader_args
+from hpff_dist.data.sample_seeds import sample_seed
 from hpff_dist.registry import MODELS
 
 SIZE, RESIZE = 32, 40
@@ -302,13 +303,19 @@ def test_sampler_is_deterministic_per_epoch_and_partitions():
     for epoch in (0, 1):
         for s in samplers:
             s.set_epoch(epoch)
-        orders[epoch] = [list(s) for s in samplers]
+        orders[epoch] = [[key.index for key in s] for s in samplers]  # SeededIndex keys
         assert [len(o) for o in orders[epoch]] == [8, 8]
         assert set(orders[epoch][0]) | set(orders[epoch][1]) == set(range(15))
         assert len(set(orders[epoch][0]) & set(orders[epoch][1])) <= 1  # only the padding
     assert orders[0] != orders[1]
     samplers[0].set_epoch(0)
-    assert list(samplers[0]) == orders[0][0]
+    keys = list(samplers[0])
+    assert [key.index for key in keys] == orders[0][0]
+    # every key carries its augmentation seed, a function of (seed, epoch, index) only
+    assert all(key.seed == sample_seed(3, 0, key.index) for key in keys)
+    samplers[0].start_at(5)  # a run resumed mid-epoch: the same order from position 5
+    assert list(samplers[0]) == keys[5:]
+    assert list(samplers[0]) == keys  # for that one epoch only
 
 
 # --- configuration errors ----------------------------------------------------------------------
@@ -484,8 +491,8 @@ def corrupt(tree, tmp_path_factory) -> tuple[Path, Path]:
     shutil.copytree(tree / "val", root / "val")
     rng = np.random.default_rng(0)
     (root / "val" / f"{BAD_KEY}.JPEG").write_bytes(b"\xff\xd8\xff\xe0" + rng.bytes(2000))
-    out = root / "shards"
-    make_split_shards(root, out, "val", parse_shard_size("6"), progress=False)
+    out = root / "shards"  # written undecoded: a set made before make_shards decoded images
+    make_split_shards(root, out, "val", parse_shard_size("6"), progress=False, check_images=False)
     return root, out
 
 

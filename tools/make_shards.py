@@ -4,17 +4,21 @@
         --shard-size 1GB --shuffle-seed 0 --workers 8
     python tools/make_shards.py /data/imagenet /data/imagenet-wds --split val --shard-size 1GB
 
-``--shard-size`` is a sample count (``1000``) or a byte size (``500MB``, ``1GiB``). A killed run
-is finished with ``--resume``: shards already written are kept, the others are (re)written.
-See docs/data.md for the format.
+``--shard-size`` is a sample count (``1000``) or a byte size (``500MB``, ``1GiB``). Every image is
+decoded before it is written: a bad one stops the run, naming its source path, unless
+``--max-bad N`` lets up to N be skipped (logged, and listed in the manifest). A killed run is
+finished with ``--resume``: finished shards are checked and kept, truncated ones and the others
+are (re)written. ``tools/check_shards.py`` checks a finished set. See docs/data.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
+from hpff_dist.data.imagenet.errors import BadSampleError
 from hpff_dist.data.imagenet.shards import make_split_shards, parse_shard_size
 
 
@@ -39,23 +43,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--resume", action="store_true", help="keep finished shards, write the rest"
     )
+    parser.add_argument(
+        "--max-bad",
+        type=int,
+        default=0,
+        help="images that fail to decode to skip (logged, listed in the manifest) before "
+        "stopping; default 0: the first one stops the run",
+    )
+    parser.add_argument(
+        "--no-check-images",
+        action="store_true",
+        help="write images without decoding them first (bad ones then surface in training)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    manifest = make_split_shards(
-        args.src,
-        args.out,
-        args.split,
-        args.shard_size,
-        resume=args.resume,
-        shuffle_seed=args.shuffle_seed,
-        workers=args.workers,
-        progress=not args.no_progress,
-    )
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        manifest = make_split_shards(
+            args.src,
+            args.out,
+            args.split,
+            args.shard_size,
+            resume=args.resume,
+            shuffle_seed=args.shuffle_seed,
+            workers=args.workers,
+            progress=not args.no_progress,
+            max_bad=args.max_bad,
+            check_images=not args.no_check_images,
+        )
+    except BadSampleError as error:
+        print(f"make_shards: {error}", file=sys.stderr)
+        return 1
     summary = {k: manifest[k] for k in ("split", "num_samples", "num_shards", "num_classes")}
+    summary["skipped"] = len(manifest["skipped"])
     print(json.dumps(summary))
     return 0
 

@@ -17,8 +17,17 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--resume",
         nargs="?",
-        const="auto",
-        help="resume from a checkpoint; with no value, the latest one in the work dir",
+        const="latest",
+        metavar="PATH|auto",
+        help="resume: with no value, the newest intact checkpoint of the work dir (an error "
+        "when there is none); 'auto': that one if any, else start fresh (requeued jobs); "
+        "PATH: that checkpoint",
+    )
+    p.add_argument(
+        "--partial-load",
+        action="store_true",
+        help="load checkpoints non-strictly (missing/unexpected/mis-shaped keys are logged, "
+        "not refused): config key load_strict=False",
     )
     p.add_argument("--data-root", help="dataset folder for the train, val and test loaders")
     p.add_argument("--launcher", choices=["none", "pytorch", "slurm"], default="none")
@@ -35,10 +44,14 @@ def main() -> None:
 
     cfg = load_config(args.config, args.cfg_options, args.work_dir, args.data_root)
     cfg.launcher = args.launcher
-    if args.resume == "auto":
+    if args.resume == "latest":
         cfg.resume, cfg.load_from = True, None
+    elif args.resume == "auto":
+        cfg.resume, cfg.load_from = "auto", None
     elif args.resume:
         cfg.resume, cfg.load_from = True, args.resume
+    if args.partial_load:
+        cfg.load_strict = False
     runner = build_runner(cfg)
     runner.train()
     metrics: dict[str, float] = {}

@@ -1,3 +1,9 @@
 """Datasets, transforms and loaders; importing this registers them."""
 
-from hpff_dist.data import fashion_mnist, imagenet, torchvision_folders, transforms  # noqa: F401
+from hpff_dist.data import (  # noqa: F401
+    fashion_mnist,
+    imagenet,
+    sample_seeds,
+    torchvision_folders,
+    transforms,
+)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from hpff_dist.data.errors import CorruptDataError
+from hpff_dist.data.sample_seeds import SeededItems
 from hpff_dist.data.transforms import build_pipeline
 from hpff_dist.registry import DATASETS
 
@@ -29,23 +32,46 @@ _FILES = {
 }
 
 
+GOOD_COPY_HINT = (
+    "Get a good copy: reinstall Debian's package (`apt-get install --reinstall "
+    "dataset-fashion-mnist`), or download the file from "
+    "https://github.com/zalandoresearch/fashion-mnist (data/fashion/) on a machine with internet "
+    "access and put it in the data folder."
+)
+
+
+def _corrupt(path: str | Path, problem: str) -> CorruptDataError:
+    return CorruptDataError(f"{path} is corrupted or incomplete: {problem}. {GOOD_COPY_HINT}")
+
+
+def _read_bytes(path: str | Path) -> bytes:
+    """The file's bytes, un-gzipped for ``*.gz``; a damaged gzip stream names the file."""
+    if not str(path).endswith(".gz"):
+        return Path(path).read_bytes()
+    try:
+        with gzip.open(path, "rb") as f:
+            return f.read()
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+        raise _corrupt(path, f"bad gzip data ({type(error).__name__}: {error})") from error
+
+
 def read_idx(path: str | Path) -> np.ndarray:
     """Decode one (optionally gzipped) IDX file of uint8 data into an array."""
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
+    data = _read_bytes(path)
+    if len(data) < 4:
+        raise _corrupt(path, f"{len(data)} bytes, too short for an IDX header")
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
-    if zero != 0 or dtype_code != 0x08:
-        raise ValueError(f"{path}: not a uint8 IDX file (magic {data[:4].hex()})")
+    if zero != 0 or dtype_code != 0x08 or len(data) < 4 + 4 * ndim:
+        raise _corrupt(path, f"not a uint8 IDX file (magic {data[:4].hex()})")
     shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: header says {shape} but holds {body.size} values")
+        raise _corrupt(path, f"header says {shape} but holds {body.size} values")
     return body.reshape(shape)
 
 
 @DATASETS.register_module()
-class FashionMNIST(Dataset):
+class FashionMNIST(SeededItems, Dataset):
     """Fashion-MNIST (60000 train / 10000 test, 28x28 grey, 10 classes).
 
     Items are ``(image, label)`` with ``image`` a (1, 28, 28) uint8 tensor passed through
@@ -74,7 +100,9 @@ class FashionMNIST(Dataset):
             )
         images, labels = read_idx(paths[0]), read_idx(paths[1])
         if len(images) != len(labels):
-            raise ValueError(f"{root}: {len(images)} images but {len(labels)} labels")
+            raise _corrupt(
+                paths[1], f"{len(labels)} labels for the {len(images)} images of {paths[0]}"
+            )
         if subset is not None:
             images, labels = images[:subset], labels[:subset]
         self.images = torch.from_numpy(images.copy()).unsqueeze(1)
@@ -89,5 +117,5 @@ class FashionMNIST(Dataset):
     def __len__(self) -> int:
         return len(self.targets)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def load_item(self, index: int) -> tuple[torch.Tensor, int]:
         return self.pipeline(self.images[index]), int(self.targets[index])

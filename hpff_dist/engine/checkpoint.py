@@ -89,7 +89,10 @@ def check_same_model(saved: Mapping[str, Any], module: nn.Module, source: str) -
             )
         raise ValueError(
             f"checkpoint {source} was saved from a different model than "
-            f"{type(module).__name__} built from this config ({'; '.join(parts)})"
+            f"{type(module).__name__} built from this config ({'; '.join(parts)}). Check that "
+            "config and checkpoint belong together; to load only the matching weights on "
+            "purpose (fine-tuning, another head), set `load_strict = False` in the config "
+            "(tools: --partial-load)."
         )
 
 

@@ -8,7 +8,9 @@ global batch size sets the per-device batch, and a DeepSpeed run gets our optim 
 ``build_runner`` writes the result to the work dir (``resolved_config.py``,
 ``config_changes.json``) and logs every change. What only the DeepSpeed strategy can decide
 once the process group exists (DeepSpeed's batch keys, clipping, buffer dtype) it reports the
-same way (``hpff_dist.engine.deepspeed.strategy``).
+same way (``hpff_dist.engine.deepspeed.strategy``). The resolved config's hook, loop, optimizer,
+scheduler, loader and dataset arguments are checked against their signatures
+(:mod:`hpff_dist.engine.signatures`) before anything is built.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from hpff_dist.engine.batch import per_device_batch
 from hpff_dist.engine.changes import UNSET, ChangeRecorder, ConfigChange, write_changes
 from hpff_dist.engine.deepspeed.policy import DEEPSPEED_OPTIM_WRAPPER, check_optim_wrapper_type
 from hpff_dist.engine.launchers import DistEnv, dist_env
+from hpff_dist.engine.signatures import check_arguments
 
 __all__ = [
     "DEEPSPEED_STRATEGY",
@@ -58,6 +61,7 @@ def resolve_config(cfg: Config, env: DistEnv | None = None) -> tuple[Config, lis
     if strategy is not None and _strategy_name(strategy) in _OUR_STRATEGY_NAMES:
         _per_device_batch(run, strategy, env.world_size, recorder)
         _deepspeed_optim_wrapper(run, recorder)
+    check_arguments(run)  # a misspelt argument fails here, not when its object is built
     return run, recorder.changes
 
 

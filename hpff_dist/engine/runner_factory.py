@@ -17,29 +17,47 @@ from mmengine.config import Config
 
 from hpff_dist import compat
 from hpff_dist.data.loader_builder import materialize_dataloaders
-from hpff_dist.engine.changes import log_changes
+from hpff_dist.engine.changes import ChangeRecorder, ConfigChange, log_changes
 from hpff_dist.engine.cpu_malloc import configure_cpu_malloc
 from hpff_dist.engine.launchers import dist_env
-from hpff_dist.engine.mmengine_runner import FlexibleRunner, Runner
 from hpff_dist.engine.resolve import resolve_config, write_resolved_config
+from hpff_dist.engine.runners import AUTO_RESUME, LocalFlexibleRunner, LocalRunner, resume_target
 
 __all__ = ["build_runner"]
 
 
-def build_runner(cfg: Config) -> Runner | FlexibleRunner:
+def build_runner(cfg: Config) -> LocalRunner | LocalFlexibleRunner:
     """A ``Runner`` (one process, no strategy) or a ``FlexibleRunner`` with our DeepSpeed
-    strategy (any distributed launcher, or a ``strategy`` key). ``cfg.launcher`` is one of
-    ``none``, ``pytorch``, ``slurm``; ``cfg.resume=True`` with ``load_from=None`` resumes from
-    the latest checkpoint in ``work_dir``. ``cfg`` itself is not modified."""
+    strategy (any distributed launcher, or a ``strategy`` key), both with the checkpoint policy
+    of :mod:`hpff_dist.engine.runners`. ``cfg.launcher`` is one of ``none``, ``pytorch``,
+    ``slurm``; ``cfg.resume=True`` with ``load_from=None`` resumes from the newest intact
+    checkpoint in ``work_dir`` (an error when there is none; ``resume='auto'`` starts fresh
+    then), found here, before any data is read. ``cfg`` itself is not modified."""
     compat.apply_all()
     env = dist_env(cfg.get("launcher") or "none")  # refuses launcher 'none' under torchrun
     cfg, changes = resolve_config(cfg, env)
+    changes += _resolve_resume(cfg)
     write_resolved_config(cfg, changes, env.rank)
     configure_cpu_malloc(cfg.get("cpu_malloc"))
     materialize_dataloaders(cfg)  # loaders that are not torch Datasets (DALI) become objects
     if cfg.get("strategy") is None:
-        runner = Runner.from_cfg(cfg)
+        runner = LocalRunner.from_cfg(cfg)
     else:
-        runner = FlexibleRunner.from_cfg(cfg)
+        runner = LocalFlexibleRunner.from_cfg(cfg)
     log_changes(changes)  # now the run's logger exists: the lines reach its log file
     return runner
+
+
+def _resolve_resume(cfg: Config) -> list[ConfigChange]:
+    """``resume`` without a path -> the checkpoint it resumes (``load_from``), on record."""
+    recorder = ChangeRecorder(by="resume")
+    if cfg.get("resume") and cfg.get("load_from") is None:
+        target = resume_target(cfg.resume, None, cfg.work_dir)
+        if target is not None:
+            why = "resume: the newest intact checkpoint of the work dir"
+            recorder.set(cfg, "load_from", target, why, "load_from")
+            recorder.set(cfg, "resume", True, why, "resume")
+        else:
+            why = f"resume={AUTO_RESUME!r} and no checkpoint in the work dir yet: start fresh"
+            recorder.set(cfg, "resume", False, why, "resume")
+    return recorder.changes

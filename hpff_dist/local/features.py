@@ -64,7 +64,9 @@ def split_patches(x: Tensor, n: int, layout: str = "NCHW", prefix_tokens: int = 
             raise ValueError(f"NCHW patches need a 4-d tensor, got shape {tuple(x.shape)}")
         h, w = x.shape[-2:]
         if n < 1 or n > h or n > w:
-            raise ValueError(f"cannot cut a {h}x{w} map into {n}x{n} patches")
+            raise ValueError(
+                f"cannot cut a {h}x{w} map into {n}x{n} patches: lower model.method.pff.n"
+            )
         rows = torch.tensor_split(x, n, dim=-2)
         return [p for row in rows for p in torch.tensor_split(row, n, dim=-1)]
     if layout != "NLC":
@@ -79,7 +81,9 @@ def split_patches(x: Tensor, n: int, layout: str = "NCHW", prefix_tokens: int = 
             "form a square grid"
         )
     if n < 1 or n > side:
-        raise ValueError(f"cannot cut a {side}x{side} token grid into {n}x{n} patches")
+        raise ValueError(
+            f"cannot cut a {side}x{side} token grid into {n}x{n} patches: lower model.method.pff.n"
+        )
     cells = grid.reshape(grid.shape[0], side, side, grid.shape[2])
     rows = torch.tensor_split(cells, n, dim=1)
     return [

@@ -40,8 +40,12 @@ PFF_VARIANTS = ("paper", "official")
 PATCH_LOSSES = ("sum", "mean")
 
 
-def _check_n(n: int, ctx: HeadContext, key: str = "pff.n") -> None:
-    """Refuse n x n patches the module's output cannot be cut into, at build time."""
+def _check_n(n: int, ctx: HeadContext, key: str = "model.method.pff.n") -> None:
+    """Refuse n x n patches the module's output cannot be cut into, at build time.
+
+    The output's size is known before any batch: the backbone declares each block's
+    reduction (``FeatureInfo``) and the model states its input size (``model.image_size``).
+    Without an image size (a learner built by hand) the check waits for the first batch."""
     if n < 1:
         raise ValueError(f"{key} must be >= 1, got {n}")
     if ctx.image_size is not None:
@@ -49,9 +53,9 @@ def _check_n(n: int, ctx: HeadContext, key: str = "pff.n") -> None:
         if n > min(h, w):
             raise ValueError(
                 f"{key}={n}: local module {ctx.module_index}'s output is {h}x{w} at image size "
-                f"{ctx.image_size[0]}x{ctx.image_size[1]}, too small for {n}x{n} patches; "
-                f"use a smaller n (model.method.{key}, or n of the level's head config) or "
-                "no PFF on this level"
+                f"{ctx.image_size[0]}x{ctx.image_size[1]} (model.image_size), too small for "
+                f"{n}x{n} patches; use n <= {min(h, w)} ({key}, or the n of the level's PFF "
+                "head in model.method.levels) or no PFF on this level"
             )
 
 

@@ -41,7 +41,7 @@ class PFFSpec:
 
     def __post_init__(self) -> None:
         if self.n < 1:
-            raise ValueError(f"pff.n must be >= 1, got {self.n}")
+            raise ValueError(f"model.method.pff.n must be >= 1, got {self.n}")
         if self.variant not in PFF_VARIANTS:
             raise ValueError(f"pff.variant must be one of {PFF_VARIANTS}, got {self.variant!r}")
         if self.patch_loss not in PATCH_LOSSES:
@@ -122,7 +122,7 @@ class LocalSpec:
         if self.decoder_width < 1:
             raise ValueError(f"decoder_width must be >= 1, got {self.decoder_width}")
         if self.k < 1:
-            raise ValueError(f"k must be >= 1, got {self.k}")
+            raise ValueError(f"model.method.k must be >= 1, got {self.k}")
         if self.method != "e2e" and self.levels is None and self.w_ind == 0 and self.w_cas == 0:
             raise ValueError("w_ind and w_cas are both 0: no module would receive a gradient")
 

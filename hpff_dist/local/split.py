@@ -179,6 +179,23 @@ def _tables_summary() -> str:
     return "; ".join(f"{a}: K={sorted(t)}" for a, t in SPLIT_TABLES.items())
 
 
+def _impossible_k(k: int, n_blocks: int, arch: str | None) -> ValueError:
+    """The error for a K no table and no balanced split gives, with the K that work.
+
+    K counts local modules. A balanced split needs at least one block per module, so
+    1 <= K <= the number of blocks; a published table may add one more K (ResNet-32's K=16
+    counts the stem as a module: its 15 block modules take one block each)."""
+    extra = [t for t in sorted(SPLIT_TABLES.get(arch or "", {})) if t > n_blocks]
+    also = f"; the published table of {arch} also gives K={extra}" if extra else ""
+    where = f"model.arch={arch!r}" if arch else "model.arch=None: no published table"
+    return ValueError(
+        f"model.method.k={k} is impossible for a network with {n_blocks} blocks ({where}): "
+        f"K counts local modules, so a balanced split needs 1 <= K <= {n_blocks} (at least "
+        f"one block each){also}. Set model.method.k to one of those. Published tables: "
+        f"{_tables_summary()}"
+    )
+
+
 def balanced_split(k: int, block_ids: Sequence[BlockId]) -> SplitPlan:
     """K modules whose block counts differ by at most one.
 
@@ -186,10 +203,7 @@ def balanced_split(k: int, block_ids: Sequence[BlockId]) -> SplitPlan:
     """
     n = len(block_ids)
     if not 1 <= k <= n:
-        raise ValueError(
-            f"K={k} is impossible for a network with {n} blocks: a balanced split needs "
-            f"1 <= K <= {n}. Published tables: {_tables_summary()}"
-        )
+        raise _impossible_k(k, n, None)
     base, extra = divmod(n, k)
     sizes = [base + (1 if m >= k - extra else 0) for m in range(k)]
     modules, start = [], 0
@@ -200,8 +214,17 @@ def balanced_split(k: int, block_ids: Sequence[BlockId]) -> SplitPlan:
 
 
 def build_split_plan(arch: str | None, k: int, block_ids: Sequence[BlockId]) -> SplitPlan:
-    """The published table for (arch, K) when one exists, else a balanced split of K modules."""
+    """The published table for (arch, K) when one exists, else a balanced split of K modules.
+    An impossible K is refused naming ``model.method.k`` and the K that would work."""
     table = SPLIT_TABLES.get(arch or "", {})
     if k in table:
-        return SplitPlan.from_last_blocks(k, table[k], block_ids, source=f"table:{arch}")
+        try:
+            return SplitPlan.from_last_blocks(k, table[k], block_ids, source=f"table:{arch}")
+        except ValueError as err:
+            raise ValueError(
+                f"{err}: the split table of model.arch={arch!r} does not fit this backbone; "
+                "set model.arch to the backbone's table, or to None for a balanced split"
+            ) from None
+    if not 1 <= k <= len(block_ids):
+        raise _impossible_k(k, len(block_ids), arch)
     return balanced_split(k, block_ids)

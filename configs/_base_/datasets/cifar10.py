@@ -16,7 +16,9 @@ train_dataloader = dict(
     batch_size=batch_size,
     num_workers=4,
     persistent_workers=True,
-    sampler=dict(type="DefaultSampler", shuffle=True),
+    # DefaultSampler + a seed per sample: augmentations fixed by (seed, epoch, index), so a
+    # resumed run and any num_workers see the same batches (hpff_dist/data/sample_seeds.py)
+    sampler=dict(type="SeededSampler", shuffle=True),
     collate_fn=dict(type="default_collate"),
     dataset=dict(type="CIFAR10", root=data_root, split="train", pipeline=train_pipeline),
 )

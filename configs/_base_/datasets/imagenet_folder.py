@@ -16,7 +16,9 @@ train_dataloader = dict(
     num_workers=8,
     persistent_workers=True,
     pin_memory=True,
-    sampler=dict(type="DefaultSampler", shuffle=True),
+    # DefaultSampler + a seed per sample: augmentations fixed by (seed, epoch, index), so a
+    # resumed run and any num_workers see the same batches (hpff_dist/data/sample_seeds.py)
+    sampler=dict(type="SeededSampler", shuffle=True),
     collate_fn=dict(type="hpff_dist.imagenet_skip_bad_collate"),
     dataset=dict(
         type="ImageNetFolder",

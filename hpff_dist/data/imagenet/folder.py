@@ -8,11 +8,12 @@ from torchvision.datasets import ImageFolder
 
 from hpff_dist.data.imagenet.errors import BadSampleBudget, DataNotFoundError
 from hpff_dist.data.imagenet.transforms import build_imagenet_transform, rejects_normalisation
+from hpff_dist.data.sample_seeds import SeededItems
 from hpff_dist.registry import DATASETS
 
 
 @DATASETS.register_module()
-class ImageNetFolder(ImageFolder):
+class ImageNetFolder(SeededItems, ImageFolder):
     """ImageFolder with the paper's transforms; an unreadable image is skipped under a budget.
 
     ``__getitem__`` returns ``(image float CHW in [0, 1], label)`` or ``None`` for a skipped
@@ -42,9 +43,9 @@ class ImageNetFolder(ImageFolder):
         )
         self.budget = BadSampleBudget(max_bad_samples)
 
-    def __getitem__(self, index: int):
+    def load_item(self, index: int):
         try:
-            return super().__getitem__(index)
+            return ImageFolder.__getitem__(self, index)
         except (OSError, SyntaxError, ValueError) as error:  # what PIL raises for broken files
             path = self.samples[index][0]
             self.budget.report(str(Path(path).parent), Path(path).name, error)

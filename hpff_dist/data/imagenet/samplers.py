@@ -16,11 +16,11 @@ import numpy as np
 from torch.utils.data import Sampler
 
 from hpff_dist.data.imagenet.ranks import resolve_rank, samples_per_rank
+from hpff_dist.data.sample_seeds import SeededIndices
 from hpff_dist.registry import DATA_SAMPLERS
 
 
-@DATA_SAMPLERS.register_module()
-class ShardAwareDistributedSampler(Sampler[int]):
+class _ShardAwareOrder(Sampler[int]):
     """Indices of this rank for one epoch: shard order and within-shard order seeded by epoch."""
 
     def __init__(
@@ -70,3 +70,9 @@ class ShardAwareDistributedSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+@DATA_SAMPLERS.register_module()
+class ShardAwareDistributedSampler(SeededIndices, _ShardAwareOrder):
+    """:class:`_ShardAwareOrder`'s indices, each with its augmentation seed
+    (:mod:`hpff_dist.data.sample_seeds`), so augmentations do not depend on workers or resumes."""

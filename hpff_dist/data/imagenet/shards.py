@@ -7,12 +7,17 @@ Layout written into ``OUT`` for a split (``train`` shown)::
                        ``fn.readers.webdataset`` cannot parse ASCII)
     train-000000.idx   DALI index (``wds2idx`` format, written by DALI's own ``wds2idx`` tool)
     train-wids.json    wids dataset descriptor (``wids.ShardListDataset`` can open it directly)
-    manifest-train.json  shard list, sample counts per split and per class, plan fingerprint
+    manifest-train.json  shard list, sample counts per split and per class, plan fingerprint,
+                       the source images skipped because they do not decode
     classes.json       class index -> wnid / folder name
 
 The whole split is planned before anything is written, so shard ``i`` always holds the same
-samples for the same arguments: that makes ``--resume`` safe (a finished shard is skipped, a
-half-written one was never renamed from ``*.tar.tmp``) and makes shards reproducible.
+samples for the same arguments: that makes ``--resume`` safe (a finished shard is kept once
+:func:`~hpff_dist.data.imagenet.shard_checks.check_shard` finds it whole, a truncated one is
+rewritten, a half-written one was never renamed from ``*.tar.tmp``) and makes shards reproducible.
+Every image is decoded before it is written (the bytes are stored unchanged): an image that does
+not decode is reported with its source path, and skipped within a budget (``max_bad``) or stops
+the run.
 """
 
 from __future__ import annotations
@@ -35,7 +40,12 @@ import webdataset as wds
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 from tqdm import tqdm
 
-from hpff_dist.data.imagenet.errors import MAKE_SHARDS_HINT, DataNotFoundError
+from hpff_dist.data.imagenet.errors import (
+    LOGGER,
+    MAKE_SHARDS_HINT,
+    BadSampleError,
+    DataNotFoundError,
+)
 
 SHARD_PATTERN = "{split}-{index:06d}.tar"
 MANIFEST_PATTERN = "manifest-{split}.json"
@@ -162,15 +172,81 @@ def label_bytes(label: int) -> bytes:
     return np.asarray([label], dtype="<i4").tobytes()
 
 
-def write_shard(tar_path: str, samples: Sequence[SourceSample]) -> dict:
-    """Write one shard atomically (``*.tmp`` then rename) and its DALI index; return its record."""
+def decode_error(data: bytes) -> str | None:
+    """Why PIL cannot decode ``data`` as an image, or None: every shard image must decode."""
+    from PIL import Image
+
+    if not data:
+        return "empty file"
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.draft("RGB", (64, 64))  # DCT-domain downscale: every scan is still entropy-decoded
+            im.load()
+    except Exception as error:  # noqa: BLE001 - any decoder failure marks the image bad
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def bad_image_entry(sample: SourceSample, shard: str, error: str) -> dict:
+    """How a skipped source image is logged and listed in the manifest."""
+    return {"path": sample.path, "key": sample.key, "shard": shard, "error": error}
+
+
+def too_many_bad_images(entry: dict, count: int, max_bad: int) -> BadSampleError:
+    return BadSampleError(
+        f"bad image {entry['path']} ({entry['error']}): bad image {count} exceeds max_bad="
+        f"{max_bad}. Replace or delete it and rerun into an empty output directory, or rerun "
+        "with --resume --max-bad N (tools/make_shards.py) to skip up to N bad images; skipped "
+        "ones are logged and listed under 'skipped' in the split's manifest."
+    )
+
+
+def _record(tar_path: str, nsamples: int) -> dict:
+    return {
+        "url": os.path.basename(tar_path),
+        "index": os.path.basename(index_path_for(tar_path)),
+        "nsamples": nsamples,
+        "filesize": os.path.getsize(tar_path),
+    }
+
+
+def write_shard(
+    tar_path: str, samples: Sequence[SourceSample], max_bad: int = 0, check_images: bool = True
+) -> tuple[dict, list[dict]]:
+    """Write one shard atomically (``*.tmp`` then rename) and its DALI index.
+
+    Returns its record and the images skipped because they do not decode; more than
+    ``max_bad`` of them in this shard alone stop here (the caller counts across shards).
+    """
     from wds2idx import IndexCreator  # DALI's own index writer, shipped with nvidia-dali
 
     tmp = tar_path + ".tmp"
-    with open(tmp, "wb") as stream, wds.TarWriter(stream, encoder=False, mtime=0) as writer:
+    try:
+        skipped = _write_tar(tmp, samples, os.path.basename(tar_path), max_bad, check_images)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    os.replace(tmp, tar_path)
+    write_dali_index(tar_path, IndexCreator)
+    return _record(tar_path, len(samples) - len(skipped)), skipped
+
+
+def _write_tar(
+    path: str, samples: Sequence[SourceSample], shard: str, max_bad: int, check_images: bool
+) -> list[dict]:
+    """Write the samples' original bytes, leaving out images that do not decode."""
+    skipped: list[dict] = []
+    with open(path, "wb") as stream, wds.TarWriter(stream, encoder=False, mtime=0) as writer:
         for s in samples:
             with open(s.path, "rb") as f:
                 image = f.read()
+            error = decode_error(image) if check_images else None
+            if error:
+                skipped.append(bad_image_entry(s, shard, error))
+                if len(skipped) > max_bad:
+                    raise too_many_bad_images(skipped[-1], len(skipped), max_bad)
+                continue
             writer.write(
                 {
                     "__key__": s.key,
@@ -179,14 +255,7 @@ def write_shard(tar_path: str, samples: Sequence[SourceSample]) -> dict:
                     "label": label_bytes(s.label),
                 }
             )
-    os.replace(tmp, tar_path)
-    write_dali_index(tar_path, IndexCreator)
-    return {
-        "url": os.path.basename(tar_path),
-        "index": os.path.basename(index_path_for(tar_path)),
-        "nsamples": len(samples),
-        "filesize": os.path.getsize(tar_path),
-    }
+    return skipped
 
 
 def index_path_for(tar_path: str) -> str:
@@ -278,6 +347,7 @@ class ShardedSplit:
     indexes: list[str]
     nsamples: list[int]
     classes: list[str]
+    filesizes: list[int] | None = None  # as the manifest recorded them
 
     @property
     def num_samples(self) -> int:
@@ -301,6 +371,7 @@ def find_split(root: str | Path, split: str) -> ShardedSplit:
         indexes=[str((root / r["index"]).resolve()) for r in records],
         nsamples=[int(r["nsamples"]) for r in records],
         classes=[class_map[str(i)] for i in range(len(class_map))],
+        filesizes=[int(r["filesize"]) for r in records] if "filesize" in records[0] else None,
     )
 
 
@@ -312,16 +383,20 @@ def manifest_for(
     fingerprint: str,
     shard_size: ShardSize,
     shuffle_seed: int | None,
+    skipped: Sequence[dict] = (),
 ) -> dict:
-    per_class = Counter(classes[s.label] for shard in shards for s in shard)
+    left_out = {entry["key"] for entry in skipped}
+    written = [s for shard in shards for s in shard if s.key not in left_out]
+    per_class = Counter(classes[s.label] for s in written)
     return {
         "format": "hpff_dist.shards/1",
         "split": split,
-        "num_samples": sum(len(s) for s in shards),
+        "num_samples": len(written),
         "num_shards": len(shards),
         "num_classes": len(classes),
         "per_class": dict(sorted(per_class.items())),
         "shards": list(records),
+        "skipped": sorted(skipped, key=lambda entry: entry["key"]),
         "plan": {
             "fingerprint": fingerprint,
             "shard_size": asdict(shard_size),
@@ -330,27 +405,54 @@ def manifest_for(
     }
 
 
-def _write_task(task: tuple[str, list[SourceSample]]) -> dict:
+def _write_task(task: tuple[str, list[SourceSample], int, bool]) -> tuple[dict, list[dict]]:
     return write_shard(*task)
 
 
-def _record_of_existing(tar_path: str, samples: Sequence[SourceSample]) -> dict:
-    if not os.path.isfile(index_path_for(tar_path)):
-        write_dali_index(tar_path)  # killed between the tar rename and the index rename
-    return {
-        "url": os.path.basename(tar_path),
-        "index": os.path.basename(index_path_for(tar_path)),
-        "nsamples": len(samples),
-        "filesize": os.path.getsize(tar_path),
-    }
+def _finished_shard(
+    tar_path: str, samples: Sequence[SourceSample], check_images: bool
+) -> tuple[dict, list[dict]] | None:
+    """Record and skipped images of a finished shard kept by ``--resume``; None to rewrite it.
+
+    A shard is kept when its tar is whole, holds only planned samples, and every planned sample
+    it lacks still fails to decode (it was skipped as bad when the shard was written).
+    """
+    from hpff_dist.data.imagenet.shard_checks import check_shard  # imports this module
+
+    name = os.path.basename(tar_path)
+    check = check_shard(tar_path)
+    found = set(check.keys)
+    planned = {s.key for s in samples}
+    if check.problem is None and not found <= planned:
+        check.problem = "it holds samples that are not in the plan"
+    missing = [s for s in samples if s.key not in found]
+    errors = [_decode_file(s.path) if check_images else None for s in missing]
+    if check.problem is None and not all(errors):
+        check.problem = f"it lacks {errors.count(None)} planned sample(s) that decode"
+    if check.problem:
+        LOGGER.warning("--resume: rewriting %s: %s", tar_path, check.problem)
+        return None
+    if check.index_problem:  # killed between the tar rename and the index rename
+        write_dali_index(tar_path)
+    skipped = [bad_image_entry(s, name, e) for s, e in zip(missing, errors)]
+    return _record(tar_path, len(found)), skipped
+
+
+def _decode_file(path: str) -> str | None:
+    with open(path, "rb") as f:
+        return decode_error(f.read())
 
 
 def verify_split(
-    out: Path, shards: Sequence[Sequence[SourceSample]], records: Sequence[dict]
+    out: Path,
+    shards: Sequence[Sequence[SourceSample]],
+    records: Sequence[dict],
+    skipped: Sequence[dict] = (),
 ) -> None:
     """Read every shard's keys and int32 labels back and compare with the plan; raise on mismatch."""
+    left_out = {entry["key"] for entry in skipped}
     for shard, record in zip(shards, records):
-        expected = [(s.key, s.label) for s in shard]
+        expected = [(s.key, s.label) for s in shard if s.key not in left_out]
         got = list(read_labels(str(out / record["url"])))
         if got != expected:
             missing = sorted(set(expected) - set(got))[:3]
@@ -369,8 +471,16 @@ def make_split_shards(
     shuffle_seed: int | None = None,
     workers: int = 1,
     progress: bool = True,
+    max_bad: int = 0,
+    check_images: bool = True,
 ) -> dict:
-    """Shard one split of ``src`` into ``out``; return (and write) its manifest."""
+    """Shard one split of ``src`` into ``out``; return (and write) its manifest.
+
+    ``max_bad`` images that do not decode are skipped (logged with their source path, listed in
+    the manifest); one more stops the run. ``check_images=False`` writes images undecoded.
+    """
+    if max_bad < 0:
+        raise ValueError(f"max_bad must be >= 0, got {max_bad}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     classes, samples = list_image_folder(split_source_dir(src, split))
@@ -405,12 +515,15 @@ def make_split_shards(
 
     tars = [str(out / SHARD_PATTERN.format(split=split, index=i)) for i in range(len(shards))]
     records: list[dict | None] = [None] * len(shards)
+    skipped: list[dict] = []
     todo = []
     for i, (tar, shard) in enumerate(zip(tars, shards)):
-        if resume and os.path.isfile(tar):
-            records[i] = _record_of_existing(tar, shard)
-        else:
+        kept = _finished_shard(tar, shard, check_images) if resume and os.path.isfile(tar) else None
+        if kept is None:
             todo.append(i)
+            continue
+        records[i] = kept[0]
+        _count_bad(skipped, kept[1], max_bad)
     bar = tqdm(
         total=len(shards),
         initial=len(shards) - len(todo),
@@ -418,20 +531,24 @@ def make_split_shards(
         desc=f"{split} shards",
         disable=not progress,
     )
-    tasks = [(tars[i], shards[i]) for i in todo]
+    tasks = [(tars[i], shards[i], max_bad, check_images) for i in todo]
     if workers > 1 and len(tasks) > 1:
         with Pool(workers) as pool:
-            for i, record in zip(todo, pool.imap(_write_task, tasks)):
+            for i, (record, bad) in zip(todo, pool.imap(_write_task, tasks)):
                 records[i] = record
+                _count_bad(skipped, bad, max_bad)
                 bar.update()
     else:
         for i, task in zip(todo, tasks):
-            records[i] = _write_task(task)
+            records[i], bad = _write_task(task)
+            _count_bad(skipped, bad, max_bad)
             bar.update()
     bar.close()
 
-    verify_split(out, shards, records)
-    manifest = manifest_for(split, shards, records, classes, fingerprint, shard_size, shuffle_seed)
+    verify_split(out, shards, records, skipped)
+    manifest = manifest_for(
+        split, shards, records, classes, fingerprint, shard_size, shuffle_seed, skipped
+    )
     write_json(out / MANIFEST_PATTERN.format(split=split), manifest)
     wids_spec = {
         "wids_version": 1,
@@ -444,10 +561,24 @@ def make_split_shards(
     return manifest
 
 
+def _count_bad(skipped: list[dict], new: Sequence[dict], max_bad: int) -> None:
+    """Add one shard's skipped images to the run's, logging each; raise past ``max_bad``."""
+    for entry in new:
+        skipped.append(entry)
+        if len(skipped) > max_bad:
+            raise too_many_bad_images(entry, len(skipped), max_bad)
+        LOGGER.warning(
+            "skipped bad image %d/%d: %s (%s): %s",
+            len(skipped),
+            max_bad,
+            entry["path"],
+            entry["shard"],
+            entry["error"],
+        )
+
+
 def _check_image(tar: str, components: list[tuple[str, int, int]]) -> tuple[str, str] | None:
     """``(key, error)`` if the sample's image fails a PIL decode, else None."""
-    from PIL import Image
-
     image = [(off, n) for ext, off, n in components if ext in IMAGE_EXTS.split(";")]
     with open(tar, "rb") as f:
         offset, size = image[0] if image else (components[0][1], 0)
@@ -457,12 +588,9 @@ def _check_image(tar: str, components: list[tuple[str, int, int]]) -> tuple[str,
         if not image:
             return key, "no image component"
         data = f.read(size)
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            im.draft("RGB", (64, 64))  # DCT-domain downscale: every scan is still entropy-decoded
-            im.load()
-    except Exception as error:  # noqa: BLE001 - any decoder failure marks the sample bad
-        return key, f"{type(error).__name__}: {error}"
+    error = decode_error(data)
+    if error:
+        return key, error
     if len(data) < size:
         return key, "image data truncated"
     return None

@@ -20,8 +20,10 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from hpff_dist.data.imagenet.errors import BadSampleBudget
+from hpff_dist.data.imagenet.shard_checks import check_sizes_at_start
 from hpff_dist.data.imagenet.shards import IMAGE_EXTS, find_split
 from hpff_dist.data.imagenet.transforms import build_imagenet_transform, rejects_normalisation
+from hpff_dist.data.sample_seeds import SeededItems
 from hpff_dist.registry import DATASETS
 
 _IMAGE_KEYS = tuple("." + ext for ext in IMAGE_EXTS.split(";"))
@@ -33,7 +35,7 @@ def _local_shard(url: str) -> str:
 
 
 @DATASETS.register_module()
-class ImageNetShards(Dataset):
+class ImageNetShards(SeededItems, Dataset):
     """Map-style dataset over ``<split>-*.tar`` written by ``tools/make_shards.py``.
 
     ``__getitem__`` returns ``(image float CHW in [0, 1], label)`` or ``None`` for a skipped bad
@@ -52,6 +54,7 @@ class ImageNetShards(Dataset):
         lru_size: int = 10,
     ) -> None:
         self.split_info = find_split(root, split)
+        check_sizes_at_start(self.split_info, max_bad_samples)  # before any epoch, not after
         self.train = split == "train" if train is None else train
         self.transform = build_imagenet_transform(self.train, image_size, resize_size)
         self.shards = wids.ShardListDataset(
@@ -71,7 +74,7 @@ class ImageNetShards(Dataset):
     def __len__(self) -> int:
         return len(self.shards)
 
-    def __getitem__(self, index: int):
+    def load_item(self, index: int):
         shard, key = self._locate(index)
         try:
             sample = self.shards[index]

@@ -11,6 +11,7 @@ resolution's changes (``hpff_dist.engine.changes``): logged, and appended to
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any
 
 import torch
@@ -184,9 +185,29 @@ class LocalDeepSpeedStrategy(DeepSpeedStrategy):
     def save_checkpoint(self, filename: str, **kwargs: Any) -> None:
         """Average BatchNorm buffers over ranks (see :func:`average_bn_buffers`), then
         mmengine's DeepSpeed save: a directory ``filename`` with the module (from rank 0), each
-        rank's optimizer partition, and mmengine's meta/message hub/scheduler state."""
+        rank's optimizer partition, and mmengine's meta/message hub/scheduler state, written
+        under a hidden partial name and renamed when every rank has finished."""
         average_bn_buffers(self.model.module)
-        super().save_checkpoint(filename, **kwargs)
+        folder, name = os.path.split(filename)
+        partial = os.path.join(folder, f".{name}.partial")
+        rank = torch_dist.get_rank() if torch_dist.is_initialized() else 0
+        if rank == 0 and os.path.isdir(partial):
+            shutil.rmtree(partial)
+        self._barrier()
+        # every rank writes its optimizer partition into the partial directory; rank 0 renames
+        # it once all are done, so the checkpoint's name never holds a half-written one
+        super().save_checkpoint(partial, **kwargs)
+        self._barrier()
+        if rank == 0:
+            if os.path.isdir(filename):
+                shutil.rmtree(filename)
+            os.replace(partial, filename)
+        self._barrier()
+
+    @staticmethod
+    def _barrier() -> None:
+        if torch_dist.is_available() and torch_dist.is_initialized():
+            torch_dist.barrier()
 
     def load_checkpoint(self, filename: str, **kwargs: Any) -> dict:
         check_deepspeed_checkpoint(filename, self.model.module)
