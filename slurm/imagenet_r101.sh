@@ -6,8 +6,9 @@
 #
 # One task per GPU; srun starts them and tools/train.py maps SLURM_PROCID/NTASKS/LOCALID to
 # RANK/WORLD_SIZE/LOCAL_RANK, takes the first node of the job as master and derives the port
-# from the job id (hpff_dist/engine/launchers.py). --resume continues from the latest
-# checkpoint in the work dir, so a preempted or requeued job picks up where it stopped.
+# from the job id (hpff_dist/engine/launchers.py). --resume auto continues from the newest
+# intact checkpoint in the work dir (a first submission, with none yet, starts fresh), so a
+# preempted or requeued job picks up where it stopped.
 #SBATCH --job-name=hpff-r101-k4
 #SBATCH --nodes=2
 #SBATCH --ntasks-per-node=8
@@ -28,5 +29,5 @@ export IMAGENET_SHARDS
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
 
 srun --kill-on-bad-exit=1 .venv/bin/python tools/train.py "$CONFIG" \
-    --launcher slurm --work-dir "$WORK_DIR" --resume \
+    --launcher slurm --work-dir "$WORK_DIR" --resume auto \
     --cfg-options strategy.zero_optimization.stage="$ZERO" strategy.bf16.enabled=True "$@"
