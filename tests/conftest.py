@@ -81,3 +81,16 @@ def svhn_root(tmp_path: Path) -> Path:
 @pytest.fixture
 def stl10_root(tmp_path: Path) -> Path:
     return write_stl10(tmp_path / "stl10")
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A running single-node SLURM cluster of our own (tests/slurm_cluster.py), stopped at the
+    end of the session. Daemons that cannot start fail the test with their logs."""
+    from slurm_cluster import ClusterError, start_cluster
+
+    try:
+        with start_cluster(tmp_path_factory.mktemp("slurm")) as cluster:
+            yield cluster
+    except ClusterError as error:
+        pytest.fail(str(error), pytrace=False)

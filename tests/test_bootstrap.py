@@ -12,7 +12,17 @@ from pathlib import Path
 
 from conftest import REPO
 
-PACKAGE = "dataset-fashion-mnist"
+
+def _listed_packages() -> list[str]:
+    """requirements-debian.txt as the script reads it: comments and blank lines dropped."""
+    text = (REPO / "requirements-debian.txt").read_text()
+    return [word for line in text.splitlines() for word in line.split("#")[0].split()]
+
+
+PACKAGES = _listed_packages()
+PACKAGE_LIST = " ".join(PACKAGES)
+#: Left out on a machine with its own SLURM (the script's is_slurm_package).
+SLURM_PACKAGES = [p for p in PACKAGES if p.startswith("slurm") or p == "munge"]
 APT_ENV = {"DEBIAN_FRONTEND": "noninteractive"}
 # Real tools the Makefile and the script use; everything else on PATH is a stub.
 REAL_TOOLS = ("bash", "env", "sed", "tr", "grep", "cat", "sha256sum", "cut", "rm", "touch", "mkdir")
@@ -116,10 +126,11 @@ def _programs(calls, *names):
     return [(c["prog"], c["argv"]) for c in calls if c["prog"] in names]
 
 
-APT_CALLS = [
-    ["update", "-qq"],
-    ["install", "-y", "-qq", "--no-install-recommends", PACKAGE],
-]
+def _apt_calls(packages: list[str]) -> list[list[str]]:
+    return [["update", "-qq"], ["install", "-y", "-qq", "--no-install-recommends", *packages]]
+
+
+APT_CALLS = _apt_calls(PACKAGES)
 
 
 def test_root_installs_missing_package_without_sudo(tmp_path):
@@ -129,7 +140,7 @@ def test_root_installs_missing_package_without_sudo(tmp_path):
     for call in calls:
         if call["prog"] == "apt-get":
             assert call["env"]["DEBIAN_FRONTEND"] == "noninteractive"
-    assert f"installing Debian packages: {PACKAGE}" in proc.stdout
+    assert f"installing Debian packages: {PACKAGE_LIST}" in proc.stdout
 
 
 def test_non_root_installs_through_sudo(tmp_path):
@@ -146,9 +157,9 @@ def test_non_root_installs_through_sudo(tmp_path):
 
 
 def test_nothing_runs_when_everything_is_installed(tmp_path):
-    proc, calls = _run(tmp_path, "deps", uid=0, installed=PACKAGE)
+    proc, calls = _run(tmp_path, "deps", uid=0, installed=PACKAGE_LIST)
     assert proc.returncode == 0, proc.stderr
-    assert _programs(calls, "dpkg") == [("dpkg", ["-s", PACKAGE])]
+    assert _programs(calls, "dpkg") == [("dpkg", ["-s", p]) for p in PACKAGES]
     assert _programs(calls, "apt-get", "sudo") == []
     assert proc.stdout == ""
 
@@ -156,16 +167,16 @@ def test_nothing_runs_when_everything_is_installed(tmp_path):
 def test_no_apt_get_names_the_packages(tmp_path):
     proc, calls = _run(tmp_path, "deps", uid=0, stubs=("id", "dpkg", "sudo"))
     assert proc.returncode != 0
-    assert f"missing Debian packages: {PACKAGE}" in proc.stderr
+    assert f"missing Debian packages: {PACKAGE_LIST}" in proc.stderr
     assert "no apt-get" in proc.stderr
-    assert f"apt-get install -y {PACKAGE}" in proc.stderr  # what to run by hand
+    assert f"apt-get install -y {PACKAGE_LIST}" in proc.stderr  # what to run by hand
     assert _programs(calls, "sudo") == []
 
 
 def test_non_root_without_sudo_names_the_packages(tmp_path):
     proc, calls = _run(tmp_path, "deps", uid=1000, stubs=("id", "dpkg", "apt-get"))
     assert proc.returncode != 0
-    assert f"missing Debian packages: {PACKAGE}" in proc.stderr
+    assert f"missing Debian packages: {PACKAGE_LIST}" in proc.stderr
     assert "no sudo" in proc.stderr
     assert _programs(calls, "apt-get") == []
 
@@ -198,7 +209,7 @@ PYTHON_BODY = (
 def test_venv_is_built_once_and_keyed_on_the_requirements(tmp_path):
     stubs = {**{n: BODIES[n] for n in ("id", "dpkg", "apt-get", "sudo")}, "python3.11": PYTHON_BODY}
     env = {"PIP_STUB": PIP_STUB.format(python=sys.executable)}
-    proc, calls = _run(tmp_path, "venv", uid=0, installed=PACKAGE, stubs=stubs, env=env)
+    proc, calls = _run(tmp_path, "venv", uid=0, installed=PACKAGE_LIST, stubs=stubs, env=env)
     assert proc.returncode == 0, proc.stderr
     assert _programs(calls, "python3.11") == [("python3.11", ["-m", "venv", ".venv"])]
     editable = ["install", "-q", "--no-deps", "--no-build-isolation", "-e", "."]
@@ -211,18 +222,18 @@ def test_venv_is_built_once_and_keyed_on_the_requirements(tmp_path):
     assert all(c["env"]["DS_BUILD_OPS"] == "0" for c in calls if c["prog"] == "pip")
 
     # A second run installs nothing.
-    proc, calls = _run(tmp_path, "venv", uid=0, installed=PACKAGE, stubs=stubs, env=env)
+    proc, calls = _run(tmp_path, "venv", uid=0, installed=PACKAGE_LIST, stubs=stubs, env=env)
     assert proc.returncode == 0, proc.stderr
     assert _programs(calls, "python3.11", "pip", "apt-get", "sudo") == []
 
     # A changed pyproject.toml redoes only the editable install; a changed lock file all.
     with open(tmp_path / "repo/pyproject.toml", "a") as f:
         f.write("# changed\n")
-    proc, calls = _run(tmp_path, "venv", uid=0, installed=PACKAGE, stubs=stubs, env=env)
+    proc, calls = _run(tmp_path, "venv", uid=0, installed=PACKAGE_LIST, stubs=stubs, env=env)
     assert [argv for _, argv in _programs(calls, "pip", "python3.11")] == [editable]
     with open(tmp_path / "repo/requirements.lock", "a") as f:
         f.write("# changed\n")
-    proc, calls = _run(tmp_path, "venv", uid=0, installed=PACKAGE, stubs=stubs, env=env)
+    proc, calls = _run(tmp_path, "venv", uid=0, installed=PACKAGE_LIST, stubs=stubs, env=env)
     assert _programs(calls, "python3.11") == [("python3.11", ["-m", "venv", ".venv"])]
     assert len(_programs(calls, "pip")) == 3
 
@@ -244,4 +255,50 @@ def test_no_dpkg_counts_every_package_as_missing(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert _programs(calls, "apt-get") == [("apt-get", argv) for argv in APT_CALLS]
     proc, calls = _run(tmp_path, "deps", uid=0, stubs=("id",))
-    assert proc.returncode != 0 and f"missing Debian packages: {PACKAGE}" in proc.stderr
+    assert proc.returncode != 0 and f"missing Debian packages: {PACKAGE_LIST}" in proc.stderr
+
+
+# A site's own sbatch (e.g. /opt/slurm/bin, not from a Debian package): it only has to exist.
+SITE_SBATCH = 'print("sbatch: site build")'
+
+
+def _stubs_with_sbatch(*names: str) -> dict[str, str]:
+    return {**{n: BODIES[n] for n in names}, "sbatch": SITE_SBATCH}
+
+
+def test_own_slurm_keeps_debian_slurm_out_but_installs_the_rest(tmp_path):
+    """A cluster login node: sbatch on PATH, Debian's slurm-client not installed. The SLURM
+    packages (slurm*, munge) are not installed over the site's; the others still are."""
+    assert SLURM_PACKAGES and len(SLURM_PACKAGES) < len(PACKAGES), PACKAGES
+    others = [p for p in PACKAGES if p not in SLURM_PACKAGES]
+    stubs = _stubs_with_sbatch("id", "dpkg", "apt-get", "sudo")
+    proc, calls = _run(tmp_path, "deps", uid=0, stubs=stubs)
+    assert proc.returncode == 0, proc.stderr
+    assert _programs(calls, "apt-get") == [("apt-get", argv) for argv in _apt_calls(others)]
+    assert "this machine has its own SLURM" in proc.stdout
+    assert f"not installing {' '.join(SLURM_PACKAGES)}" in proc.stdout
+    assert _programs(calls, "sbatch") == []  # found on PATH, never run
+
+    # Everything else installed: nothing runs at all.
+    proc, calls = _run(tmp_path, "deps", uid=0, stubs=stubs, installed=" ".join(others))
+    assert proc.returncode == 0, proc.stderr
+    assert _programs(calls, "apt-get", "sudo") == []
+
+
+def test_debian_slurm_on_path_is_not_a_site_slurm(tmp_path):
+    """sbatch from Debian's slurm-client (a machine this bootstrap set up): the SLURM packages
+    are checked and installed like every other one."""
+    missing = [p for p in PACKAGES if p != "slurm-client"]
+    stubs = _stubs_with_sbatch("id", "dpkg", "apt-get", "sudo")
+    proc, calls = _run(tmp_path, "deps", uid=0, stubs=stubs, installed="slurm-client")
+    assert proc.returncode == 0, proc.stderr
+    assert "own SLURM" not in proc.stdout
+    assert _programs(calls, "apt-get") == [("apt-get", argv) for argv in _apt_calls(missing)]
+
+
+def test_own_slurm_without_dpkg_still_leaves_slurm_out(tmp_path):
+    """No dpkg (not Debian) but a site sbatch: every non-SLURM package counts as missing."""
+    others = [p for p in PACKAGES if p not in SLURM_PACKAGES]
+    proc, calls = _run(tmp_path, "deps", uid=0, stubs=_stubs_with_sbatch("id", "apt-get"))
+    assert proc.returncode == 0, proc.stderr
+    assert _programs(calls, "apt-get") == [("apt-get", argv) for argv in _apt_calls(others)]

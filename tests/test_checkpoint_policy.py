@@ -116,14 +116,18 @@ def test_a_mis_shaped_checkpoint_is_refused_with_the_shapes(e2e_run, tmp_path):
 
 @pytest.mark.parametrize(
     "content, says",
-    [(b"", "is empty (0 bytes)"), (b"not a checkpoint\n", "is a text file")],
-    ids=["empty", "text"],
+    [
+        (b"", "is empty (0 bytes)"),
+        (b"not a checkpoint\n", "is a text file"),
+        (b"\x80\x04garbage", "is not a readable torch checkpoint"),  # a legacy pickle's start
+    ],
+    ids=["empty", "text", "garbage-pickle"],
 )
 def test_a_file_that_is_not_a_checkpoint_is_named_so(e2e_run, tmp_path, content, says):
     bad = tmp_path / "model.pth"
     bad.write_bytes(content)
     out = _test(E2E, bad, tmp_path, ok=False)
-    assert f"checkpoint {bad} {says}" in out.stderr
+    assert f"{bad} {says}" in out.stderr
     assert "weights_only=False" not in out.stderr  # never the unsafe advice
     assert "Epoch(test)" not in out.stdout + out.stderr
 
@@ -203,9 +207,34 @@ def test_atomic_write_leaves_no_half_file_under_the_name(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["epoch_3.pth"]
 
 
-def test_saved_checkpoints_go_through_a_partial_file(e2e_run):
-    """The run's own files: complete, and no partial file left behind."""
-    assert not [p for p in os.listdir(e2e_run) if p.endswith(".partial")]
-    for name in ("epoch_1.pth", "epoch_2.pth"):
-        assert checkpoint_problem(str(e2e_run / name)) is None
-    assert (e2e_run / "last_checkpoint").read_text().strip() == str(e2e_run / "epoch_2.pth")
+def test_resume_never_picks_a_best_checkpoint_and_refuses_one_given(e2e_run, tmp_path):
+    """``best_*.pth`` holds weights and meta but no optimizer: resuming it would silently reset
+    momentum and the schedule."""
+    work = tmp_path / "work"
+    shutil.copytree(e2e_run, work)
+    compat.apply_all()
+    full = torch.load(work / "epoch_2.pth", map_location="cpu")
+    best = work / "best_top1_epoch_2.pth"
+    torch.save({"meta": full["meta"], "state_dict": full["state_dict"]}, best)  # as mmengine
+    (work / "epoch_2.pth").write_bytes(b"PK\x03\x04cut")
+    assert find_resume_checkpoint(str(work)) == str(work / "epoch_1.pth")
+    out = _tool("tools/train.py", str(E2E), "--work-dir", str(work), "--resume", str(best),
+                "--no-test", "--cfg-options", *SMALL, ok=False)  # fmt: skip
+    assert f"{best} holds no training state to resume (no optimizer" in out.stderr
+    assert not _trained(out)
+
+
+def test_resume_without_a_fixed_seed_takes_the_checkpoint_seed(tmp_path):
+    """``randomness.seed=None`` draws a seed at each start; the resumed run must use the
+    first run's, or its data order and augmentations differ."""
+    work = tmp_path / "work"
+    unseeded = (*SMALL, "randomness.seed=None")
+    _tool("tools/train.py", str(E2E), "--work-dir", str(work), "--no-test", "--cfg-options",
+          *unseeded, "train_cfg.max_epochs=1")  # fmt: skip
+    compat.apply_all()
+    seed = torch.load(work / "epoch_1.pth", map_location="cpu")["meta"]["seed"]
+    _tool("tools/train.py", str(E2E), "--work-dir", str(work), "--resume", "--no-test",
+          "--cfg-options", *unseeded)  # fmt: skip
+    changes = json.loads((work / "config_changes.json").read_text())
+    recorded = [c for c in changes if c["key"] == "randomness.seed"]
+    assert recorded and recorded[0]["new"] == seed, changes

@@ -13,7 +13,7 @@ import pytest
 from conftest import REPO
 from mmengine.config import Config
 
-from hpff_dist.engine.config import check_syntax, load_config
+from hpff_dist.engine.config import check_helper_overrides, check_syntax, derived_paths, load_config
 from hpff_dist.engine.resolve import resolve_config
 from hpff_dist.engine.signatures import ConfigArgumentError, accepted_arguments, check_arguments
 
@@ -56,6 +56,80 @@ def test_helper_variable_overrides_are_refused_naming_the_keys_to_set(tmp_path):
     assert "val_dataloader.batch_size" not in text  # 500: not computed from batch_size=128
     assert "--cfg-options data_root: use --data-root DIR" in text
     assert "changes nothing" in text
+
+
+def _refusal(config: str, **options) -> list[str]:
+    """The lines of load_config's refusal of ``options`` on ``config``."""
+    with pytest.raises(ValueError, match="changes nothing") as err:
+        load_config(str(REPO / config), options)
+    return str(err.value).splitlines()[1:]
+
+
+def test_helper_overrides_name_the_keys_computed_from_them_not_equal_values():
+    # fmnist_short: max_epochs = 2, and so is every Pad/RandomCrop padding: not computed from it
+    (line,) = _refusal("configs/fashion_mnist/resnet32_e2e.py", max_epochs=1)
+    assert line.strip() == (
+        "--cfg-options max_epochs: set param_scheduler.1.end, param_scheduler.1.T_max, "
+        "train_cfg.max_epochs, train_cfg.val_interval instead"
+    )
+    assert "padding" not in line
+    # cifar10: batch_size = 1024, and so are auto_scale_lr.base_batch_size and
+    # cpu_malloc.trim_threshold_mb, both written as numbers
+    (line,) = _refusal("configs/cifar10/resnet32_e2e.py", batch_size=16)
+    assert line.strip() == "--cfg-options batch_size: set train_dataloader.batch_size instead"
+
+
+def test_derived_paths_follow_the_source_through_aliases_and_base_files(tmp_path):
+    (tmp_path / "base.py").write_text(
+        "n = 3\n"
+        "_twice = n * 2\n"
+        "_pipe = [dict(type='Pad', padding=3), dict(type='Crop', size=_twice)]\n"
+        "train_cfg = dict(max_epochs=n, val_interval=n, by_epoch=True)\n"
+        "param_scheduler = [dict(end=10), dict(end=n, T_max=_twice, begin=3)]\n"
+        "val_dataloader = dict(batch_size=3, dataset=dict(pipeline=_pipe))\n"
+        "test_dataloader = val_dataloader\n"
+        "model = dict(head=dict(steps=n, **dict(width=_twice)), size=(n, 3))\n"
+        "default_hooks = dict(checkpoint=dict(interval=n, max_keep_ckpts=n))\n"
+        "custom_hooks = [dict(type='H', every=n)]\n"
+        "env_cfg = dict(a=n, b=n)\n"
+        "env_cfg.pop('b')\n"  # not followed: the loaded config says it is gone
+        "_unused = 1\n"
+    )
+    top = tmp_path / "top.py"
+    top.write_text(
+        "_base_ = ['./base.py']\n"
+        "train_cfg = dict(val_interval=1)\n"  # merged: max_epochs still computed from n
+        "default_hooks = dict(checkpoint=dict(_delete_=True, interval=5))\n"
+        "custom_hooks = [dict(type='H', every=4)]\n"  # a list replaces the base's
+        "_steps = 7\n"
+        "model = dict(head=dict(depth=_steps))\n"
+    )
+    cfg = Config.fromfile(str(top)).to_dict()
+    assert derived_paths(str(top), "n", cfg) == [
+        "train_cfg.max_epochs",
+        "param_scheduler.1.end",
+        "param_scheduler.1.T_max",
+        "val_dataloader.dataset.pipeline.1.size",
+        "test_dataloader.dataset.pipeline.1.size",
+        "model.head.steps",
+        "model.head.width",
+        "model.size.0",
+        "env_cfg.a",
+    ]
+    assert derived_paths(str(top), "n")[-1] == "env_cfg.b"  # no config: no check
+    assert derived_paths(str(top), "_pipe", cfg) == [
+        "val_dataloader.dataset.pipeline",
+        "test_dataloader.dataset.pipeline",
+    ]
+    with pytest.raises(ValueError) as err:
+        check_helper_overrides(cfg, ["_steps", "_unused", "_pipe.0.padding"], str(top))
+    lines = str(err.value).splitlines()[1:]
+    assert [line.strip() for line in lines] == [
+        "--cfg-options _steps: set model.head.depth instead",
+        "--cfg-options _unused: nothing reads it: drop it",
+        "--cfg-options _pipe.0.padding: set val_dataloader.dataset.pipeline.0.padding, "
+        "test_dataloader.dataset.pipeline.0.padding instead",
+    ]
 
 
 def test_misspelt_hook_and_optimizer_arguments_fail_before_training(tmp_path):

@@ -43,7 +43,7 @@ def _child_config(tmp_path: Path, kill_at: int | None) -> Path:
         f"_base_ = [{str(CONFIG)!r}]\n"
         "custom_imports = dict(imports=['kill_at'], allow_failed_imports=False)\n"
         "custom_hooks = [dict(type='ThroughputHook'), dict(type='LocalLossCurvesHook', "
-        f"interval=25), dict(type='KillAt', iteration={kill_at})]\n"
+        f"interval=25), dict(type='PreemptionHook'), dict(type='KillAt', iteration={kill_at})]\n"
     )
     return path
 

@@ -7,7 +7,10 @@
 # Debian packages: each one not installed (dpkg status "install ok installed") is installed
 # with `apt-get install -y` and DEBIAN_FRONTEND=noninteractive: directly as root, through sudo
 # otherwise. Without apt-get (or without root and sudo) it stops and names the packages to
-# install by hand. The venv is keyed on a hash of requirements.txt + requirements.lock, the
+# install by hand. On a machine with its own SLURM (a cluster login node: `sbatch` on PATH while
+# Debian's slurm-client is not installed) the SLURM packages of the list (slurm*, munge) are
+# left out, so the site's SLURM and munge are never shadowed or reconfigured; the others are
+# still installed. The venv is keyed on a hash of requirements.txt + requirements.lock, the
 # editable install on a hash of pyproject.toml: a second run installs nothing.
 #
 # Environment: PYTHON (interpreter for the venv, default python3.11), VENV (default .venv),
@@ -39,6 +42,21 @@ is_installed() {
     dpkg -s "$1" 2>/dev/null | grep -x 'Status: install ok installed' >/dev/null
 }
 
+# Packages that make up SLURM (and its authentication): left out where the site has its own.
+is_slurm_package() {
+    case "$1" in
+    slurm* | munge | libmunge* | libpmi*slurm*) return 0 ;;
+    *) return 1 ;;
+    esac
+}
+
+# True on a machine whose SLURM does not come from Debian's packages: sbatch on PATH while
+# slurm-client (which ships Debian's sbatch) is not installed, e.g. a site build in /opt.
+has_own_slurm() {
+    command -v sbatch >/dev/null 2>&1 || return 1
+    ! { command -v dpkg >/dev/null 2>&1 && is_installed slurm-client; }
+}
+
 # Run "VAR=value... command args" as root: directly when we are root, else through sudo.
 as_root() {
     if [ "$(id -u)" = 0 ]; then
@@ -49,15 +67,19 @@ as_root() {
 }
 
 install_debian_packages() {
-    local missing=() pkg
+    local missing=() skipped=() pkg own_slurm=0
     [ -f "$DEBIAN_PACKAGES_FILE" ] || fail "package list $DEBIAN_PACKAGES_FILE not found"
-    if ! command -v dpkg >/dev/null 2>&1; then
-        # Not a Debian system: nothing can be checked or installed here.
-        mapfile -t missing < <(debian_packages)
-    else
-        while read -r pkg; do
-            is_installed "$pkg" || missing+=("$pkg")
-        done < <(debian_packages)
+    if has_own_slurm; then own_slurm=1; fi
+    while read -r pkg; do
+        if [ $own_slurm = 1 ] && is_slurm_package "$pkg"; then
+            skipped+=("$pkg")
+        # Not a Debian system (no dpkg): nothing can be checked, every package counts as missing.
+        elif ! command -v dpkg >/dev/null 2>&1 || ! is_installed "$pkg"; then
+            missing+=("$pkg")
+        fi
+    done < <(debian_packages)
+    if [ ${#skipped[@]} -gt 0 ]; then
+        say "this machine has its own SLURM ($(command -v sbatch), not Debian's slurm-client): not installing ${skipped[*]}"
     fi
     [ ${#missing[@]} -gt 0 ] || return 0
 

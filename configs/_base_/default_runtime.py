@@ -9,7 +9,13 @@ default_hooks = dict(
     sampler_seed=dict(type="DistSamplerSeedHook"),
 )
 # LocalLossCurvesHook: per-module local losses + val metrics -> TensorBoard, local_curves.png
-custom_hooks = [dict(type="ThroughputHook"), dict(type="LocalLossCurvesHook", interval=25)]
+# PreemptionHook: on SIGUSR1/SIGTERM (SLURM time limit, preemption, requeue) checkpoint after
+# the current iteration and exit 75; the sbatch scripts requeue, --resume auto continues there
+custom_hooks = [
+    dict(type="ThroughputHook"),
+    dict(type="LocalLossCurvesHook", interval=25),
+    dict(type="PreemptionHook"),
+]
 # Every run logs to TensorBoard (`tensorboard --logdir WORK_DIR`) and to scalars.json.
 visualizer = dict(
     type="Visualizer",

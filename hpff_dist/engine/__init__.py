@@ -7,4 +7,4 @@ wrappers, strategy). The DeepSpeed modules are imported when a config asks for t
 registries list them in ``locations``), and DeepSpeed itself only when its strategy is built.
 """
 
-from hpff_dist.engine import hooks, local_curves, metrics, resumable_loop  # noqa: F401
+from hpff_dist.engine import hooks, local_curves, metrics, preemption, resumable_loop  # noqa: F401

@@ -67,7 +67,22 @@ def _state_shapes(state: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     return {k: tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
 
 
-def check_same_model(saved: Mapping[str, Any], module: nn.Module, source: str) -> None:
+#: how to load a checkpoint that does not fit on purpose, with the single-process runner
+PARTIAL_LOAD_HINT = (
+    "to load only the matching weights on purpose (fine-tuning, another head), set "
+    "`load_strict = False` in the config (tools: --partial-load)"
+)
+#: DeepSpeed loads whole checkpoint directories only
+DEEPSPEED_PARTIAL_HINT = (
+    "DeepSpeed loads a checkpoint directory whole (no partial loads); to start from part of "
+    "it, convert it (tools/convert_checkpoint.py) and load that .pth with load_from and "
+    "--partial-load"
+)
+
+
+def check_same_model(
+    saved: Mapping[str, Any], module: nn.Module, source: str, hint: str = PARTIAL_LOAD_HINT
+) -> None:
     """Raise a readable error when a checkpoint's module state is from another model."""
     ours, theirs = _state_shapes(module.state_dict()), _state_shapes(saved)
     missing = sorted(set(ours) - set(theirs))
@@ -90,9 +105,7 @@ def check_same_model(saved: Mapping[str, Any], module: nn.Module, source: str) -
         raise ValueError(
             f"checkpoint {source} was saved from a different model than "
             f"{type(module).__name__} built from this config ({'; '.join(parts)}). Check that "
-            "config and checkpoint belong together; to load only the matching weights on "
-            "purpose (fine-tuning, another head), set `load_strict = False` in the config "
-            "(tools: --partial-load)."
+            f"config and checkpoint belong together; {hint}."
         )
 
 
@@ -142,4 +155,4 @@ def check_deepspeed_checkpoint(filename: str, module: nn.Module) -> None:
         )
     saved = load_deepspeed_module_state(states)
     if saved is not None:
-        check_same_model(saved, module, filename)
+        check_same_model(saved, module, filename, DEEPSPEED_PARTIAL_HINT)

@@ -31,6 +31,7 @@ __all__ = [
     "LAST_CHECKPOINT_FILE",
     "CheckpointError",
     "atomic_write",
+    "checkpoint_meta",
     "checkpoint_problem",
     "find_resume_checkpoint",
     "list_checkpoints",
@@ -42,6 +43,8 @@ __all__ = [
 LAST_CHECKPOINT_FILE = "last_checkpoint"
 _ZIP_MAGIC = b"PK\x03\x04"
 _LEGACY_PICKLE = b"\x80"  # torch.save(..., _use_new_zipfile_serialization=False)
+#: what mmengine's CheckpointHook (and PreemptionHook) name a resumable checkpoint
+_RESUMABLE_NAME = re.compile(r"(epoch|iter)_(\d+)\.pth")
 
 
 class CheckpointError(ValueError):
@@ -110,25 +113,32 @@ def require_checkpoint(path: str) -> None:
         )
 
 
-def _safe_load(path: str, map_location: Any) -> Any:
-    """``torch.load`` with the safe unpickler and the mmengine types our checkpoints hold."""
+def _safe_load(path: str, map_location: Any, mmap: bool = False) -> Any:
+    """``torch.load`` with the safe unpickler and the mmengine types our checkpoints hold
+    (``mmap``: tensors are mapped, not read, for a look at the metadata)."""
     allowed = set(torch.serialization.get_safe_globals())
     extra = [g for g in compat.mmengine_checkpoint_globals() if g not in allowed]
     try:
         with torch.serialization.safe_globals(extra):
-            return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError:
         try:
             unsafe = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-        except Exception:  # noqa: BLE001 - only used to name the types
-            unsafe = str(error).splitlines()[0]
+        except Exception:  # noqa: BLE001 - the pickle itself is unreadable
+            raise CheckpointError(
+                f"{path} is not a readable torch checkpoint (its pickle data is invalid: "
+                "corrupt, truncated, or not written by torch.save)"
+            ) from None
         raise CheckpointError(
             f"{path} holds Python objects torch's safe loader refuses ({unsafe}). hpff-dist "
             "does not unpickle arbitrary objects (that can run code). If you trust the file, "
             "re-save just its tensors: torch.save({'state_dict': model.state_dict()}, path)."
         ) from None
     except (RuntimeError, EOFError, OSError) as error:
-        raise CheckpointError(f"{path} cannot be read as a checkpoint ({error})") from None
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise CheckpointError(
+            f"{path} cannot be read as a checkpoint ({type(error).__name__}: {first_line})"
+        ) from None
 
 
 def read_checkpoint(path: str, map_location: Any = "cpu") -> dict:
@@ -152,25 +162,31 @@ def read_checkpoint(path: str, map_location: Any = "cpu") -> dict:
     return saved
 
 
+def checkpoint_meta(path: str) -> dict:
+    """The ``meta`` dict of a checkpoint (file or DeepSpeed directory), without reading its
+    tensors."""
+    file = osp.join(path, MODEL_STATES_FILE) if osp.isdir(path) else path
+    saved = _safe_load(file, "cpu", mmap=zipfile.is_zipfile(file))
+    return dict(saved.get("meta") or {}) if isinstance(saved, dict) else {}
+
+
 def list_checkpoints(work_dir: str) -> list[str]:
-    """Checkpoints in ``work_dir`` (``*.pth`` files and DeepSpeed directories, not the hidden
-    partial ones of :func:`atomic_write`), newest first (by modification time, then by the
-    number in the name)."""
+    """The training checkpoints in ``work_dir`` a run can resume: ``epoch_N.pth`` and
+    ``iter_N.pth`` (files or DeepSpeed directories), newest first (modification time, then N).
+    Not ``best_*.pth`` (weights without optimizer state) and not the hidden partial files of
+    :func:`atomic_write`."""
     if not osp.isdir(work_dir):
         return []
     found = []
     for name in os.listdir(work_dir):
         path = osp.join(work_dir, name)
-        if name.startswith("."):
-            continue
-        if (name.endswith(".pth") and osp.isfile(path)) or osp.isfile(
-            osp.join(path, MODEL_STATES_FILE)
+        if _RESUMABLE_NAME.fullmatch(name) and (
+            osp.isfile(path) or osp.isfile(osp.join(path, MODEL_STATES_FILE))
         ):
             found.append(path)
 
     def newest(path: str) -> tuple[float, int]:
-        number = re.findall(r"\d+", osp.basename(path))
-        return osp.getmtime(path), int(number[-1]) if number else -1
+        return osp.getmtime(path), int(_RESUMABLE_NAME.fullmatch(osp.basename(path))[2])
 
     return sorted(found, key=newest, reverse=True)
 
@@ -215,7 +231,9 @@ def find_resume_checkpoint(work_dir: str, required: bool = True) -> str | None:
         )
     problems = []
     for path in candidates:
-        problem = checkpoint_problem(path)
+        # every rank chooses, before a process group exists: read the zip directories only
+        # (truncation, a missing or foreign file), not every byte of every partition
+        problem = checkpoint_problem(path, verify_data=False)
         if problem is None:
             if problems:
                 print_log(

@@ -4,7 +4,8 @@ mmengine silently ignores top-level keys it does not know, so a typo such as
 ``trian_dataloader`` would train with the defaults. We reject unknown keys with a suggestion.
 Helper variables (``max_epochs``, ``batch_size`` ...) are read once, when the file is: the
 keys computed from them already hold their values, so ``--cfg-options max_epochs=1`` would
-change nothing but the saved config. Such an override is refused, naming the keys to set.
+change nothing but the saved config. Such an override is refused, naming the keys to set:
+those computed from it, found in the config files' source.
 A syntax error names its file and line, in a ``_base_`` file too (mmengine reports
 ``<unknown>``).
 """
@@ -29,6 +30,7 @@ __all__ = [
     "check_helper_overrides",
     "check_keys",
     "check_syntax",
+    "derived_paths",
     "load_config",
 ]
 
@@ -107,16 +109,20 @@ def _base_files(tree: ast.Module, folder: str) -> list[str]:
     return []
 
 
-def check_helper_overrides(cfg: Mapping[str, Any], options: Iterable[str]) -> None:
+def check_helper_overrides(
+    cfg: Mapping[str, Any], options: Iterable[str], path: str | None = None
+) -> None:
     """Refuse ``--cfg-options`` on helper variables (top-level keys no run reads), naming the
-    keys to set instead: those holding the helper's value (computed from it when the file
-    was read), or, where none does, those of the same name."""
+    keys to set instead: those the source of config file ``path`` (``cfg.filename`` by
+    default) and its ``_base_`` files compute from the helper (:func:`derived_paths`), or,
+    where none is, those of the same name."""
+    path = path or getattr(cfg, "filename", None)
     problems = []
     for option in options:
         top = option.split(".")[0]
         if top in RUN_KEYS:
             continue
-        keys = list(_paths_holding(cfg, cfg[top])) if top in cfg else []
+        keys = derived_paths(path, top, cfg) if path else []
         keys = keys or list(_paths_named(cfg, top))
         keys = [key + option[len(top) :] for key in keys]  # a.0.x -> b.c.0.x
         fix = f"set {', '.join(keys)} instead" if keys else "nothing reads it: drop it"
@@ -133,6 +139,147 @@ def check_helper_overrides(cfg: Mapping[str, Any], options: Iterable[str]) -> No
         )
 
 
+# A config's source, evaluated just enough to tell where a variable ends up: a value is a
+# dict (``dict(...)`` or ``{...}``: key -> value), a list (list or tuple) or a leaf, ``True``
+# where the variable was used to compute it. mmengine merges a child's dicts into its base's.
+_Tree = Any
+_DELETE = object()  # ``_delete_=True``: the dict replaces the base's instead of merging
+
+
+def derived_paths(path: str, name: str, cfg: Mapping[str, Any] | None = None) -> list[str]:
+    """The ``--cfg-options`` keys (``a.b.0.c``) of run keys whose values config file ``path``
+    or its ``_base_`` files compute from top-level variable ``name``: used there, directly or
+    through other top-level variables (``test_dataloader = val_dataloader``), and not set again
+    without it by a child file. With ``cfg`` (the loaded config), only keys it has."""
+    merged = _file_tree(osp.abspath(path), name, set())
+    keys = [key for top, tree in merged.items() if top in RUN_KEYS for key in _marked(tree, top)]
+    return [key for key in keys if cfg is None or _has_key(cfg, key)]
+
+
+def _file_tree(path: str, name: str, seen: set[str]) -> dict[str, _Tree]:
+    if path in seen or not path.endswith(".py") or not osp.isfile(path):
+        return {}
+    seen.add(path)
+    with open(path, encoding="utf-8") as f:
+        module = ast.parse(f.read(), filename=path)
+    base: dict[str, _Tree] = {}
+    for base_path in _base_files(module, osp.dirname(path)):
+        base.update(_file_tree(base_path, name, seen))  # mmengine refuses shared keys
+    return _merge(_module_tree(module, name), base)
+
+
+def _module_tree(module: ast.Module, name: str) -> dict[str, _Tree]:
+    env: dict[str, _Tree] = {}
+    for stmt in module.body:
+        if isinstance(stmt, ast.Assign):
+            targets, value = stmt.targets, _tree(stmt.value, name, env)
+        elif isinstance(stmt, ast.AnnAssign) and stmt.value is not None:
+            targets, value = [stmt.target], _tree(stmt.value, name, env)
+        elif isinstance(stmt, ast.AugAssign):
+            targets, value = [stmt.target], _uses(stmt, name, env)
+        else:
+            continue
+        for target in targets:
+            if isinstance(target, ast.Name):
+                env[target.id] = value
+            else:  # a, b = ...: each name computed from the whole value
+                for node in ast.walk(target):
+                    if isinstance(node, ast.Name):
+                        env[node.id] = _has_mark(value)
+    env.pop("_base_", None)
+    return env
+
+
+def _tree(node: ast.expr, name: str, env: dict[str, _Tree]) -> _Tree:
+    if isinstance(node, ast.Name):
+        return True if node.id == name else env.get(node.id, False)
+    if isinstance(node, (ast.List, ast.Tuple)):
+        items: list[_Tree] = []
+        for elt in node.elts:
+            if not isinstance(elt, ast.Starred):
+                items.append(_tree(elt, name, env))
+                continue
+            sub = _tree(elt.value, name, env)
+            if not isinstance(sub, list):
+                return _uses(node, name, env)
+            items.extend(sub)
+        return items
+    pairs: list[tuple[str | None, ast.expr]] = []
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "dict":
+        pairs = [(None, arg) for arg in node.args] + [(kw.arg, kw.value) for kw in node.keywords]
+    elif isinstance(node, ast.Dict) and all(
+        k is None or isinstance(k, ast.Constant) for k in node.keys
+    ):
+        pairs = [(None if k is None else str(k.value), v) for k, v in zip(node.keys, node.values)]
+    else:
+        return _uses(node, name, env)
+    out: dict[str, _Tree] = {}
+    for key, value in pairs:
+        if key is None:  # dict(base, ...), dict(**base), {**base}
+            sub = _tree(value, name, env)
+            if not isinstance(sub, dict):
+                return _uses(node, name, env)
+            out.update(sub)
+        elif key == "_delete_" and isinstance(value, ast.Constant) and value.value is True:
+            out[key] = _DELETE
+        else:
+            out[key] = _tree(value, name, env)
+    return out
+
+
+def _uses(node: ast.AST, name: str, env: dict[str, _Tree]) -> bool:
+    """Whether an expression the tree does not follow uses ``name`` (``{{_base_.name}}``
+    included)."""
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Name) and (sub.id == name or _has_mark(env.get(sub.id))):
+            return True
+        if isinstance(sub, ast.Attribute) and sub.attr == name:
+            if isinstance(sub.value, ast.Name) and sub.value.id == "_base_":
+                return True
+    return False
+
+
+def _has_mark(tree: _Tree) -> bool:
+    return next(_marked(tree, ""), None) is not None
+
+
+def _marked(tree: _Tree, prefix: str) -> Iterator[str]:
+    if tree is True:
+        yield prefix
+    elif isinstance(tree, (dict, list)):
+        items = tree.items() if isinstance(tree, dict) else enumerate(tree)
+        for key, sub in items:
+            yield from _marked(sub, f"{prefix}.{key}" if prefix else str(key))
+
+
+def _merge(child: dict[str, _Tree], base: dict[str, _Tree]) -> dict[str, _Tree]:
+    """mmengine's ``Config._merge_a_into_b``: a child's dicts update its base's, any other
+    value replaces it."""
+    out = dict(base)
+    for key, value in child.items():
+        if (
+            isinstance(value, dict)
+            and isinstance(out.get(key), dict)
+            and value.get("_delete_") is not _DELETE
+        ):
+            out[key] = _merge(value, out[key])
+        else:
+            out[key] = value
+    return out
+
+
+def _has_key(cfg: Any, key: str) -> bool:
+    node = cfg
+    for part in key.split("."):
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return False
+    return True
+
+
 def _walk(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
     """(``cfg-options`` key, value) of every run key's value, nested ones included."""
     if isinstance(node, Mapping):
@@ -145,16 +292,6 @@ def _walk(node: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
         key = f"{prefix}.{k}" if prefix else str(k)
         yield key, v
         yield from _walk(v, key)
-
-
-def _paths_holding(cfg: Mapping[str, Any], value: Any) -> Iterator[str]:
-    inside: str | None = None  # a match's own items are not listed again
-    for key, v in _walk(cfg):
-        if inside is not None and key.startswith(inside + "."):
-            continue
-        if isinstance(v, bool) is isinstance(value, bool) and v == value:
-            inside = key
-            yield key
 
 
 def _paths_named(cfg: Mapping[str, Any], name: str) -> Iterator[str]:
@@ -191,7 +328,7 @@ def load_config(
     check_keys(cfg.keys(), path)
     if cfg_options:
         check_keys({k.split(".")[0] for k in cfg_options}, "--cfg-options")
-        check_helper_overrides(cfg.to_dict(), cfg_options)
+        check_helper_overrides(cfg.to_dict(), cfg_options, path)
         cfg.merge_from_dict(cfg_options)
     if data_root is not None:
         set_data_root(cfg, data_root)

@@ -101,14 +101,15 @@ def _split_top_level(text: str) -> list[str]:
 
 
 def first_host(nodelist: str, use_scontrol: bool = True) -> str:
-    """First host of a SLURM node list: ``scontrol show hostnames`` when available (it knows
-    every syntax SLURM accepts), else our own parser."""
+    """First host of a SLURM node list: ``scontrol show hostnames`` when it works (it knows
+    every syntax SLURM accepts), else our own parser (also where ``scontrol`` is installed
+    but has no cluster configuration to read)."""
     if use_scontrol and shutil.which("scontrol"):
         out = subprocess.run(
-            ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, check=True
-        ).stdout.split()
-        if out:
-            return out[0]
+            ["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True
+        )
+        if out.returncode == 0 and out.stdout.split():
+            return out.stdout.split()[0]
     hosts = expand_nodelist(nodelist)
     if not hosts:
         raise ValueError(f"empty SLURM node list {nodelist!r}")

@@ -18,6 +18,7 @@ from mmengine.config import Config
 from hpff_dist import compat
 from hpff_dist.data.loader_builder import materialize_dataloaders
 from hpff_dist.engine.changes import ChangeRecorder, ConfigChange, log_changes
+from hpff_dist.engine.checkpoint_files import checkpoint_meta
 from hpff_dist.engine.cpu_malloc import configure_cpu_malloc
 from hpff_dist.engine.launchers import dist_env
 from hpff_dist.engine.resolve import resolve_config, write_resolved_config
@@ -60,4 +61,19 @@ def _resolve_resume(cfg: Config) -> list[ConfigChange]:
         else:
             why = f"resume={AUTO_RESUME!r} and no checkpoint in the work dir yet: start fresh"
             recorder.set(cfg, "resume", False, why, "resume")
+    if cfg.get("resume") and cfg.get("load_from"):
+        _resume_seed(cfg, cfg.load_from, recorder)
     return recorder.changes
+
+
+def _resume_seed(cfg: Config, checkpoint: str, recorder: ChangeRecorder) -> None:
+    """``randomness.seed=None`` draws a new seed at every start, and the loaders (their order,
+    their augmentation seeds) are built with it before mmengine restores the checkpoint's: a
+    resumed run would see other batches. Take the checkpoint's seed instead, on record."""
+    randomness = cfg.setdefault("randomness", {})
+    if randomness.get("seed") is not None:
+        return
+    seed = checkpoint_meta(checkpoint).get("seed")
+    if seed is not None:
+        why = "resume: the seed the checkpoint's run drew, so the data order continues"
+        recorder.set(randomness, "seed", int(seed), why, "randomness.seed")

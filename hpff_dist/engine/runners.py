@@ -19,12 +19,16 @@ What changes against mmengine's ``Runner``/``FlexibleRunner``:
 
 from __future__ import annotations
 
+import logging
+import os
 import os.path as osp
 import re
 from collections import OrderedDict
 from typing import Any
 
+import torch.distributed as torch_dist
 from mmengine.dist import master_only
+from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
 from mmengine.runner.checkpoint import _load_checkpoint_to_model
 
@@ -59,6 +63,27 @@ def resume_target(resume: Any, load_from: str | None, work_dir: str) -> str | No
     return find_resume_checkpoint(work_dir, required=resume != AUTO_RESUME)
 
 
+def _rank0_choice(target: str | None) -> str | None:
+    """Rank 0's resume target on every rank. Each rank finds its target alone, before the
+    process group exists (``build_runner``); a ``last_checkpoint`` written a moment late, or
+    seen late through a network filesystem's cache, would make ranks resume different
+    checkpoints (then hang in their first collective). The group exists now: agree."""
+    if not (torch_dist.is_available() and torch_dist.is_initialized()):
+        return target
+    if torch_dist.get_world_size() == 1:
+        return target
+    chosen = [target]
+    torch_dist.broadcast_object_list(chosen, src=0)
+    if chosen[0] != target:
+        print_log(
+            f"rank {torch_dist.get_rank()} found {target} to resume, rank 0 {chosen[0]}: "
+            "resuming rank 0's on every rank",
+            logger="current",
+            level=logging.WARNING,
+        )
+    return chosen[0]
+
+
 def _revised(state: dict, revise_keys: list) -> dict:
     for pattern, replacement in revise_keys:
         state = OrderedDict((re.sub(pattern, replacement, k), v) for k, v in state.items())
@@ -71,7 +96,7 @@ class _CheckpointPolicy:
     def load_or_resume(self) -> None:
         if self._has_loaded:
             return
-        target = resume_target(self._resume, self._load_from, self.work_dir)
+        target = _rank0_choice(resume_target(self._resume, self._load_from, self.work_dir))
         if target is not None:
             self.logger.info(f"resuming from {target}")
             self.resume(target)
@@ -128,11 +153,17 @@ class LocalRunner(_CheckpointPolicy, Runner):
             self._resuming = False
 
     def _check_resumable(self, checkpoint: dict, filename: str) -> None:
-        if "meta" not in checkpoint or "epoch" not in (checkpoint["meta"] or {}):
+        missing = [k for k in ("meta", "optimizer") if not checkpoint.get(k)]
+        if not missing and "epoch" not in checkpoint["meta"]:
+            missing = ["meta.epoch"]
+        if self.param_schedulers and "param_schedulers" not in checkpoint:
+            missing.append("param_schedulers")
+        if missing:
             raise CheckpointError(
-                f"{filename} holds weights only (no training state: meta, optimizer): resume "
-                "needs a checkpoint written by tools/train.py. To start from its weights, set "
-                "load_from without --resume."
+                f"{filename} holds no training state to resume (no {', '.join(missing)}: e.g. "
+                "a best_*.pth, or weights only): resume needs an epoch_N/iter_N checkpoint "
+                "written by tools/train.py. To start from its weights, set load_from without "
+                "--resume."
             )
 
     @master_only
@@ -140,8 +171,9 @@ class LocalRunner(_CheckpointPolicy, Runner):
         """mmengine's save, through a hidden partial file renamed when complete (local disks;
         remote backends, ``backend_args``/``file_client_args``, are written as mmengine does)."""
         remote = (args and args[0] is not None) or kwargs.get("file_client_args") is not None
-        if remote or kwargs.get("backend_args") is not None or not osp.isdir(out_dir):
+        if remote or kwargs.get("backend_args") is not None or "://" in out_dir:
             return super().save_checkpoint(out_dir, filename, *args, **kwargs)
+        os.makedirs(out_dir, exist_ok=True)
         atomic_write(
             osp.join(out_dir, filename),
             lambda partial: Runner.save_checkpoint(

@@ -191,17 +191,21 @@ class LocalDeepSpeedStrategy(DeepSpeedStrategy):
         folder, name = os.path.split(filename)
         partial = os.path.join(folder, f".{name}.partial")
         rank = torch_dist.get_rank() if torch_dist.is_initialized() else 0
-        if rank == 0 and os.path.isdir(partial):
-            shutil.rmtree(partial)
+        node_leader = int(os.environ.get("LOCAL_RANK", rank)) == 0
+        if node_leader and os.path.isdir(partial):
+            shutil.rmtree(partial, ignore_errors=True)
         self._barrier()
-        # every rank writes its optimizer partition into the partial directory; rank 0 renames
-        # it once all are done, so the checkpoint's name never holds a half-written one
+        # every rank writes its optimizer partition into the partial directory; once all are
+        # done it is renamed, so the checkpoint's name never holds a half-written one. Rank 0
+        # first (a shared filesystem: done for every node), then the first process of each
+        # node whose partial directory is still there (node-local checkpoint storage).
         super().save_checkpoint(partial, **kwargs)
         self._barrier()
         if rank == 0:
-            if os.path.isdir(filename):
-                shutil.rmtree(filename)
-            os.replace(partial, filename)
+            _replace_directory(partial, filename)
+        self._barrier()
+        if rank != 0 and node_leader and os.path.isdir(partial):
+            _replace_directory(partial, filename)
         self._barrier()
 
     @staticmethod
@@ -216,3 +220,17 @@ class LocalDeepSpeedStrategy(DeepSpeedStrategy):
     def resume(self, filename: str, **kwargs: Any) -> dict:
         check_deepspeed_checkpoint(filename, self.model.module)
         return super().resume(filename, **kwargs)
+
+
+def _replace_directory(source: str, target: str) -> None:
+    """``source`` renamed to ``target``; an existing ``target`` is moved aside first and
+    removed after, so ``target`` never names a mix of two saves."""
+    old = None
+    if os.path.isdir(target):
+        folder, name = os.path.split(target)
+        old = os.path.join(folder, f".{name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    os.replace(source, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

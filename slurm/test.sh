@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Evaluate a checkpoint on SLURM, mmseg/mmpretrain style:
+#
+#   [GPUS=8] [GPUS_PER_NODE=8] [CPUS_PER_TASK=5] [SRUN_ARGS=...] [SBATCH_ARGS=...] \
+#       slurm/test.sh PARTITION JOB_NAME CONFIG CHECKPOINT [tools/test.py args]
+#
+# Like slurm/train.sh: run on a login node it submits itself with sbatch; in the batch job
+# srun starts GPUS tasks of `tools/test.py CONFIG CHECKPOINT --launcher slurm ARGS`
+# (a preempted evaluation is simply requeued by SLURM and runs again from the start).
+# Environment: slurm/common.sh, plus SRUN_ARGS, PYTHON (default .venv/bin/python),
+# OMP_NUM_THREADS (default 4).
+set -euo pipefail
+
+[ $# -ge 4 ] || {
+    echo "usage: slurm/test.sh PARTITION JOB_NAME CONFIG CHECKPOINT [tools/test.py args]" >&2
+    exit 2
+}
+if [ -z "${HPFF_SLURM_BATCH:-}" ]; then
+    # shellcheck source=slurm/common.sh
+    source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+    submit_self "${BASH_SOURCE[0]}" "$@"
+    exit
+fi
+
+source slurm/common.sh
+config=$3
+checkpoint=$4
+shift 4
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}
+# shellcheck disable=SC2086  # SRUN_ARGS: options, split on purpose
+run_tasks --kill-on-bad-exit=1 "$(srun_cpus)" ${SRUN_ARGS:-} \
+    "${PYTHON:-.venv/bin/python}" -u tools/test.py "$config" "$checkpoint" --launcher slurm "$@"
