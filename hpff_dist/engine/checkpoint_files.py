@@ -37,6 +37,7 @@ __all__ = [
     "list_checkpoints",
     "read_checkpoint",
     "require_checkpoint",
+    "safe_load",
 ]
 
 #: The file mmengine's CheckpointHook writes the newest checkpoint's path into.
@@ -113,7 +114,7 @@ def require_checkpoint(path: str) -> None:
         )
 
 
-def _safe_load(path: str, map_location: Any, mmap: bool = False) -> Any:
+def safe_load(path: str, map_location: Any, mmap: bool = False) -> Any:
     """``torch.load`` with the safe unpickler and the mmengine types our checkpoints hold
     (``mmap``: tensors are mapped, not read, for a look at the metadata)."""
     allowed = set(torch.serialization.get_safe_globals())
@@ -151,7 +152,7 @@ def read_checkpoint(path: str, map_location: Any = "cpu") -> dict:
     partitions are for resuming with the same DeepSpeed strategy)."""
     require_checkpoint(path)
     file = osp.join(path, MODEL_STATES_FILE) if osp.isdir(path) else path
-    saved = _safe_load(file, map_location)
+    saved = safe_load(file, map_location)
     if not isinstance(saved, dict):
         raise CheckpointError(
             f"{path} holds a {type(saved).__name__}, not a checkpoint dict (expected "
@@ -166,7 +167,7 @@ def checkpoint_meta(path: str) -> dict:
     """The ``meta`` dict of a checkpoint (file or DeepSpeed directory), without reading its
     tensors."""
     file = osp.join(path, MODEL_STATES_FILE) if osp.isdir(path) else path
-    saved = _safe_load(file, "cpu", mmap=zipfile.is_zipfile(file))
+    saved = safe_load(file, "cpu", mmap=zipfile.is_zipfile(file))
     return dict(saved.get("meta") or {}) if isinstance(saved, dict) else {}
 
 
