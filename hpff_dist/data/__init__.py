@@ -1,6 +1,7 @@
 """Datasets, transforms and loaders; importing this registers them."""
 
 from hpff_dist.data import (  # noqa: F401
+    cityscapes,
     fashion_mnist,
     imagenet,
     sample_seeds,

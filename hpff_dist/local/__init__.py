@@ -6,6 +6,15 @@ Entry points: ``build_local_learner`` (net + spec dict -> ``LocalLearner``), ``b
 """
 
 from hpff_dist.local.backward import Backward, PlainBackward, ScaledBackward
+from hpff_dist.local.dense import seg_cross_entropy
+from hpff_dist.local.dense_heads import (
+    DenseHeadBase,
+    DGLSegHead,
+    InfoProSegHead,
+    SegClassifierHead,
+    dense_levels,
+)
+from hpff_dist.local.dense_pff import DensePatchwiseReconstruction, PatchFusedDense
 from hpff_dist.local.features import FeatureInfo, split_patches
 from hpff_dist.local.heads import (
     ClassifierAuxHead,
@@ -64,6 +73,14 @@ __all__ = [
     "LocalModule",
     "BlockNetwork",
     "block_id_table",
+    "DenseHeadBase",
+    "DGLSegHead",
+    "InfoProSegHead",
+    "SegClassifierHead",
+    "dense_levels",
+    "seg_cross_entropy",
+    "DensePatchwiseReconstruction",
+    "PatchFusedDense",
     "OfficialPatchDecoder",
     "PatchFusedClassifier",
     "PatchwiseReconstruction",

@@ -12,6 +12,7 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+import hpff_dist.local.dense_heads  # noqa: F401  (registers the segmentation heads)
 import hpff_dist.local.imagenet_heads  # noqa: F401  (registers the ImageNet-style heads)
 import hpff_dist.local.pff  # noqa: F401  (registers the PFF wrappers)
 from hpff_dist.local.backward import Backward, PlainBackward
