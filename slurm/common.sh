@@ -1,4 +1,9 @@
-# Sourced by the scripts of slurm/ (not run by itself). Two functions:
+# Sourced by the scripts of slurm/ (not run by itself). Three functions:
+#
+# submit_unless_batch SCRIPT MIN_ARGS USAGE ARGS...   (first thing train.sh and test.sh do)
+#
+# Prints USAGE and exits 2 unless there are MIN_ARGS ARGS; on the login node submits SCRIPT
+# ARGS (submit_self) and exits with sbatch's status; in the batch job returns.
 #
 # submit_self SCRIPT PARTITION JOB_NAME ARGS...   (on the login node, train.sh and test.sh)
 #
@@ -31,6 +36,18 @@
 # Needs bash; safe under `set -euo pipefail`.
 
 HPFF_EXIT_PREEMPTED=75
+
+submit_unless_batch() {
+    local script=$1 min_args=$2 usage=$3
+    shift 3
+    [ $# -ge "$min_args" ] || {
+        echo "usage: $usage" >&2
+        exit 2
+    }
+    [ -z "${HPFF_SLURM_BATCH:-}" ] || return 0
+    submit_self "$script" "$@"
+    exit
+}
 
 submit_self() {
     local script=$1 repo gpus per_node nodes gres log_dir

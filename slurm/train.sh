@@ -19,19 +19,16 @@
 # OMP_NUM_THREADS (default 4).
 set -euo pipefail
 
-[ $# -ge 3 ] || {
-    echo "usage: slurm/train.sh PARTITION JOB_NAME CONFIG [WORK_DIR] [tools/train.py args]" >&2
-    exit 2
-}
-if [ -z "${HPFF_SLURM_BATCH:-}" ]; then
+# The batch job runs sbatch's copy of this script, in the repository root (submit_self's
+# --chdir): common.sh is found from there; on the login node, next to this script.
+if [ -n "${HPFF_SLURM_BATCH:-}" ]; then
+    source slurm/common.sh
+else
     # shellcheck source=slurm/common.sh
     source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
-    submit_self "${BASH_SOURCE[0]}" "$@"
-    exit
 fi
-
-# The batch job (in the repository root: submit_self's --chdir).
-source slurm/common.sh
+submit_unless_batch "${BASH_SOURCE[0]}" 3 \
+    "slurm/train.sh PARTITION JOB_NAME CONFIG [WORK_DIR] [tools/train.py args]" "$@"
 config=$3
 shift 3
 work_dir=work_dirs/$(basename "$config" .py)

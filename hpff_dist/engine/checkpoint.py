@@ -25,6 +25,7 @@ __all__ = [
     "check_deepspeed_checkpoint",
     "check_same_model",
     "load_deepspeed_module_state",
+    "torch_safe_load",
 ]
 
 # Where DeepSpeed writes the (full, at stage <= 2) module state inside a checkpoint directory.
@@ -109,6 +110,19 @@ def check_same_model(
         )
 
 
+def torch_safe_load(path: str, map_location: Any = "cpu", mmap: bool = False) -> Any:
+    """``torch.load`` with the safe unpickler (``weights_only=True``) and, for this load, the
+    mmengine/numpy types our checkpoints hold (:func:`hpff_dist.compat.mmengine_checkpoint_globals`).
+    Raises ``pickle.UnpicklingError`` for any other type; ``mmap`` maps the tensors instead of
+    reading them (zip files only)."""
+    # torch's safe_globals context removes its globals on exit, even ones allowed before it
+    # (compat's process-wide allow-list): hand it only those not allowed yet.
+    allowed = set(torch.serialization.get_safe_globals())
+    extra = [g for g in compat.mmengine_checkpoint_globals() if g not in allowed]
+    with torch.serialization.safe_globals(extra):
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+
+
 def load_deepspeed_module_state(path: str) -> dict[str, Any] | None:
     """The ``module`` state dict of a DeepSpeed ``mp_rank_00_model_states.pt``, loaded with
     torch's safe unpickler (``weights_only=True``), or ``None`` with a warning when the file
@@ -119,13 +133,8 @@ def load_deepspeed_module_state(path: str) -> dict[str, Any] | None:
     types of :func:`hpff_dist.compat.mmengine_checkpoint_globals`, allowed here for this load
     only. Anything else (a checkpoint from a DeepSpeed or mmengine we have not seen) is not
     unpickled by us: we skip the readable shape check, and DeepSpeed's own load still runs."""
-    # torch's safe_globals context removes its globals on exit, even ones allowed before it
-    # (compat's process-wide allow-list): hand it only those not allowed yet.
-    allowed = set(torch.serialization.get_safe_globals())
-    extra = [g for g in compat.mmengine_checkpoint_globals() if g not in allowed]
     try:
-        with torch.serialization.safe_globals(extra):
-            saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = torch_safe_load(path)
     except pickle.UnpicklingError:
         unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
         print_log(

@@ -24,8 +24,7 @@ from typing import Any
 import torch
 from mmengine.logging import print_log
 
-from hpff_dist import compat
-from hpff_dist.engine.checkpoint import MODEL_STATES_FILE
+from hpff_dist.engine.checkpoint import MODEL_STATES_FILE, torch_safe_load
 
 __all__ = [
     "LAST_CHECKPOINT_FILE",
@@ -36,6 +35,7 @@ __all__ = [
     "find_resume_checkpoint",
     "list_checkpoints",
     "read_checkpoint",
+    "recorded_checkpoint",
     "require_checkpoint",
     "safe_load",
 ]
@@ -115,13 +115,11 @@ def require_checkpoint(path: str) -> None:
 
 
 def safe_load(path: str, map_location: Any, mmap: bool = False) -> Any:
-    """``torch.load`` with the safe unpickler and the mmengine types our checkpoints hold
-    (``mmap``: tensors are mapped, not read, for a look at the metadata)."""
-    allowed = set(torch.serialization.get_safe_globals())
-    extra = [g for g in compat.mmengine_checkpoint_globals() if g not in allowed]
+    """:func:`~hpff_dist.engine.checkpoint.torch_safe_load`, its failures turned into
+    :class:`CheckpointError` naming the file (``mmap``: tensors are mapped, not read, for a
+    look at the metadata)."""
     try:
-        with torch.serialization.safe_globals(extra):
-            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+        return torch_safe_load(path, map_location, mmap)
     except pickle.UnpicklingError:
         try:
             unsafe = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path))
@@ -192,7 +190,7 @@ def list_checkpoints(work_dir: str) -> list[str]:
     return sorted(found, key=newest, reverse=True)
 
 
-def _recorded_checkpoint(work_dir: str) -> str | None:
+def recorded_checkpoint(work_dir: str) -> str | None:
     """The path ``last_checkpoint`` names, mapped into ``work_dir`` when the work dir was
     moved or copied (the file records an absolute path) and holds a checkpoint of that name."""
     record = osp.join(work_dir, LAST_CHECKPOINT_FILE)
@@ -213,7 +211,7 @@ def find_resume_checkpoint(work_dir: str, required: bool = True) -> str | None:
     is intact, else the newest intact one (with a warning naming both). No checkpoint at all is
     an error naming the work dir when ``required`` (``--resume``), ``None`` otherwise
     (``--resume auto``: start from scratch when there is nothing yet)."""
-    recorded = _recorded_checkpoint(work_dir)
+    recorded = recorded_checkpoint(work_dir)
     candidates = list_checkpoints(work_dir)
     if recorded is not None:
         candidates = [recorded] + [c for c in candidates if osp.abspath(c) != osp.abspath(recorded)]

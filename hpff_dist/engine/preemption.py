@@ -16,7 +16,6 @@ first, and no half-written file ever carries a checkpoint's name.
 
 from __future__ import annotations
 
-import os
 import os.path as osp
 import signal
 from typing import Any
@@ -26,7 +25,11 @@ import torch.distributed as torch_dist
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 
-from hpff_dist.engine.checkpoint_files import LAST_CHECKPOINT_FILE
+from hpff_dist.engine.checkpoint_files import (
+    LAST_CHECKPOINT_FILE,
+    atomic_write,
+    recorded_checkpoint,
+)
 from hpff_dist.registry import HOOKS
 
 __all__ = ["EXIT_PREEMPTED", "PreemptionHook", "Preempted"]
@@ -115,23 +118,18 @@ class PreemptionHook(Hook):
                 out_dir = hook.out_dir
         filename = f"iter_{runner.iter + 1}.pth"
         path = osp.join(out_dir, filename)
-        record = osp.join(runner.work_dir, LAST_CHECKPOINT_FILE)
-        if _read(record) == path and osp.exists(path):
+        if recorded_checkpoint(runner.work_dir) == path and osp.exists(path):
             return path  # the regular checkpoint of this very iteration
         runner.save_checkpoint(out_dir, filename, by_epoch=False)  # meta: epoch, iter + 1
         runner.message_hub.update_info("last_ckpt", path)
         if runner.rank == 0:
-            partial = osp.join(runner.work_dir, f".{LAST_CHECKPOINT_FILE}.partial")
-            with open(partial, "w") as f:
-                f.write(path)
-            os.replace(partial, record)
+            record = osp.join(runner.work_dir, LAST_CHECKPOINT_FILE)
+            atomic_write(record, lambda partial: _write_text(partial, path))
         if torch_dist.is_available() and torch_dist.is_initialized():
             torch_dist.barrier()
         return path
 
 
-def _read(path: str) -> str | None:
-    if not osp.isfile(path):
-        return None
-    with open(path) as f:
-        return f.read().strip()
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)

@@ -25,10 +25,11 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from hpff_dist.data.loader_builder import LOADER_KEYS
+
 __all__ = ["ConfigArgumentError", "accepted_arguments", "check_arguments"]
 
 _KEYWORD = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-_LOADER_KEYS = ("train_dataloader", "val_dataloader", "test_dataloader")
 #: loader keys mmengine's ``Runner.build_dataloader`` takes out before calling ``DataLoader``.
 _LOADER_OWN = frozenset(
     {"dataset", "sampler", "batch_sampler", "collate_fn", "worker_init_fn",
@@ -177,7 +178,7 @@ def _schedulers(schedulers: Any, registry: Any, key: str = "param_scheduler") ->
 def _loaders(cfg: Mapping[str, Any], reg: dict[str, Any]) -> Iterator[_Target]:
     """Loader dicts (torch ``DataLoader`` arguments), their dataset, sampler and pipeline.
     Loaders with a ``type`` (DALI) are objects of ours, built by ``materialize_dataloaders``."""
-    for key in _LOADER_KEYS:
+    for key in LOADER_KEYS:
         loader = cfg.get(key)
         if not isinstance(loader, Mapping) or "type" in loader:
             continue
