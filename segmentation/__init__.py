@@ -1,5 +1,20 @@
-"""DeepLabV3 segmentation with HPFF local heads (built through mmsegmentation's registry).
+"""DeepLabV3 segmentation with HPFF local heads, built through mmsegmentation's registry.
 
-Empty until the segmentation issue; the mmsegmentation import path already works on mmcv-lite
-(see ``hpff_dist.compat.provide_mmcv_ops_without_compiled_extension``).
+``LocalEncoderDecoder`` is mmseg's ``EncoderDecoder`` (backbone, decode head, auxiliary head,
+whole/slide inference, post-processing: all mmseg's) whose training step is the local-learning
+step of ``hpff_dist.models.local_step`` over the backbone's residual blocks. Configs load this
+package with ``custom_imports = dict(imports=["segmentation"])``.
+
+Importing it provides mmcv's ``ops`` module first where only mmcv-lite is installed
+(``hpff_dist.compat.provide_mmcv_ops_without_compiled_extension``): mmseg imports it at load.
 """
+
+from hpff_dist import compat
+
+compat.provide_mmcv_ops_without_compiled_extension()
+
+from segmentation import data_preprocessor, segmentor  # noqa: E402,F401  (registers them)
+from segmentation.resnet_blocks import MMSegResNetBlocks  # noqa: E402
+from segmentation.segmentor import LocalEncoderDecoder  # noqa: E402
+
+__all__ = ["LocalEncoderDecoder", "MMSegResNetBlocks"]

@@ -56,6 +56,7 @@ def resolve_config(cfg: Config, env: DistEnv | None = None) -> tuple[Config, lis
     env = env or dist_env(launcher)  # refuses launcher 'none' under torchrun
     recorder.set(run, "launcher", launcher, "no launcher given: one process", "launcher")
     _model_owns_normalisation(run, recorder)
+    _sync_bn_only_on_gpus(run, recorder)
     _resumable_epoch_loop(run, recorder)
     strategy = _strategy(run, launcher, recorder)
     if strategy is not None and _strategy_name(strategy) in _OUR_STRATEGY_NAMES:
@@ -98,6 +99,29 @@ def _model_owns_normalisation(run: Config, recorder: ChangeRecorder) -> None:
         "the model's own keys win",
         "model.data_preprocessor",
     )
+
+
+def _sync_bn_only_on_gpus(run: Config, recorder: ChangeRecorder) -> None:
+    """mmseg's configs normalise with ``SyncBN``, which synchronises over CUDA devices only (a
+    multi-process CPU run fails in its first forward): without a GPU every ``norm_cfg`` of the
+    model that says ``SyncBN`` becomes ``BN`` (one process: the same arithmetic)."""
+    import torch
+
+    if torch.cuda.is_available() or "model" not in run:
+        return
+    why = "SyncBN synchronises CUDA devices only; no GPU here, so per-process BN"
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, Mapping):
+            if node.get("type") in ("SyncBN", "MMSyncBN", "nn.SyncBatchNorm"):
+                recorder.set(node, "type", "BN", why, f"{path}.type")
+            for key, value in node.items():
+                walk(value, f"{path}.{key}")
+        elif isinstance(node, (list, tuple)):
+            for index, value in enumerate(node):
+                walk(value, f"{path}.{index}")
+
+    walk(run.model, "model")
 
 
 def _resumable_epoch_loop(run: Config, recorder: ChangeRecorder) -> None:

@@ -33,7 +33,7 @@ from hpff_dist.local.learner import LocalLearner, build_local_learner
 from hpff_dist.local.levels import Level
 from hpff_dist.local.losses import supervised_contrastive_loss
 from hpff_dist.local.memory import SavedTensorMeter, aux_peak_saved_bytes, memory_region
-from hpff_dist.local.module import LocalModule, ModuleLevel
+from hpff_dist.local.module import BlockTap, LocalModule, ModuleLevel, ModuleTap
 from hpff_dist.local.network import BlockNetwork, block_id_table
 from hpff_dist.local.pff import OfficialPatchDecoder, PatchFusedClassifier, PatchwiseReconstruction
 from hpff_dist.local.registry import HEADS, HeadContext, Registry
@@ -71,6 +71,8 @@ __all__ = [
     "aux_peak_saved_bytes",
     "memory_region",
     "LocalModule",
+    "BlockTap",
+    "ModuleTap",
     "BlockNetwork",
     "block_id_table",
     "DenseHeadBase",

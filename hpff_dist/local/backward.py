@@ -57,6 +57,25 @@ def backward_vjp(
         backward((output * cotangent).sum())
 
 
+def backward_vjp_many(
+    backward: Backward,
+    outputs: Sequence[Tensor],
+    cotangents: Sequence[Tensor],
+    inputs: Sequence[Tensor] | None = None,
+) -> None:
+    """:func:`backward_vjp` of several outputs of one graph (a module's output and the block
+    outputs its taps read), in one backward pass: the engine's ``vjp`` takes one tensor, so
+    more than one go through the surrogate ``sum_j (output_j * cotangent_j).sum()``."""
+    if len(outputs) != len(cotangents) or not outputs:
+        raise ValueError(f"need as many cotangents as outputs, got {len(cotangents)}, {len(outputs)}")
+    if len(outputs) == 1:
+        backward_vjp(backward, outputs[0], cotangents[0], inputs)
+        return
+    if inputs is not None and not any(t.requires_grad for t in inputs):
+        return
+    backward(sum((o * c).sum() for o, c in zip(outputs, cotangents)))
+
+
 def tensor_backward_kwargs(cotangent: Tensor, inputs: Sequence[Tensor] | None) -> dict:
     """Keyword arguments of ``Tensor.backward`` for a ``vjp``."""
     kwargs: dict = {"gradient": cotangent}

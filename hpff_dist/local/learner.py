@@ -18,7 +18,7 @@ import hpff_dist.local.pff  # noqa: F401  (registers the PFF wrappers)
 from hpff_dist.local.backward import Backward, PlainBackward
 from hpff_dist.local.features import FeatureInfo
 from hpff_dist.local.heads import LocalHead, NetHead, TaskLoss
-from hpff_dist.local.module import LocalModule, ModuleLevel
+from hpff_dist.local.module import BlockTap, LocalModule, ModuleLevel, ModuleTap
 from hpff_dist.local.network import BlockNetwork, feature_info_of
 from hpff_dist.local.registry import HEADS, HeadContext
 from hpff_dist.local.schedule import SCHEDULE_FUNCTIONS, StepOutput, e2e_step
@@ -33,7 +33,9 @@ class LocalLearner(nn.Module):
     at module 3), built from the spec's levels through the head registry, each for the
     ``FeatureInfo`` its module's output declares; the last module's head is the task's own
     (the net's classifier with ``task_loss``). ``local_modules`` lists the ``LocalModule``
-    objects the schedule walks through.
+    objects the schedule walks through. ``taps`` (``BlockTap``) add losses on blocks inside
+    modules; their heads are in ``self.heads`` under the tap's name, and their gradient stays
+    in the module holding the block (E2E: it reaches everything).
     """
 
     def __init__(
@@ -45,6 +47,7 @@ class LocalLearner(nn.Module):
         image_channels: int = 3,
         image_size: int | tuple[int, int] | None = None,
         task_loss: TaskLoss = F.cross_entropy,
+        taps: tuple[BlockTap, ...] | list[BlockTap] = (),
     ) -> None:
         super().__init__()
         self.net = net
@@ -56,11 +59,36 @@ class LocalLearner(nn.Module):
         self.task_loss = task_loss
         self.heads = nn.ModuleDict()
         self.local_modules: list[LocalModule] = []
+        self.taps = self._check_taps(list(taps), len(net.blocks))
+        for tap in self.taps:
+            self.heads[tap.name] = tap.head
         if not spec.is_e2e and plan.num_modules > 1:
             self._build_modules(feature_info_of(net))
             self._check_every_module_learns()
 
     # ----------------------------------------------------------------------- construction
+    def _check_taps(self, taps: list[BlockTap], n_blocks: int) -> list[BlockTap]:
+        names = [tap.name for tap in taps]
+        level_names = {lv.name for lv in self.spec.resolved_levels()}
+        for tap in taps:
+            if not 0 <= tap.block < n_blocks:
+                raise ValueError(f"tap {tap.name!r}: block {tap.block} is not in 0..{n_blocks - 1}")
+            if not tap.name.isidentifier() or tap.name in level_names or names.count(tap.name) > 1:
+                raise ValueError(
+                    f"tap name {tap.name!r} must be an identifier unique among taps and levels "
+                    f"{sorted(level_names)}"
+                )
+        return taps
+
+    def _module_taps(self, m: int, block_indices: tuple[int, ...]) -> list[ModuleTap]:
+        """The taps on blocks of module ``m``, at their position in its layers."""
+        offset = 1 if m == 0 else 0  # module 0's layers start with the stem
+        return [
+            ModuleTap(tap.name, offset + block_indices.index(tap.block), tap.weight, tap.head)
+            for tap in self.taps
+            if tap.block in block_indices
+        ]
+
     def _build_modules(self, features: list[FeatureInfo]) -> None:
         """One ``LocalModule`` per group of the plan, with a head per level built from the
         level's config (modules 0..K-2) or the task's head (the last module)."""
@@ -90,13 +118,17 @@ class LocalLearner(nn.Module):
                 else:
                     head = None
                 module_levels.append(ModuleLevel(level.name, level.span, level.weight, head))
-            self.local_modules.append(LocalModule(m, layers, module_levels, is_last=m == last))
+            self.local_modules.append(
+                LocalModule(
+                    m, layers, module_levels, m == last, self._module_taps(m, block_indices)
+                )
+            )
 
     def _check_every_module_learns(self) -> None:
         mods = self.local_modules
         for mod in mods:
             nxt = mods[mod.index + 1] if mod.index + 1 < len(mods) else None
-            if not (mod.active_levels or (nxt is not None and nxt.sends_cascade)):
+            if not (mod.learns_itself or (nxt is not None and nxt.sends_cascade)):
                 levels = [
                     (lv.name, lv.span, lv.weight, lv.first_module, lv.last_module)
                     for lv in self.spec.resolved_levels()
@@ -139,7 +171,7 @@ class LocalLearner(nn.Module):
         if self.image_size is not None and tuple(images.shape[-2:]) != tuple(self.image_size):
             raise ValueError(f"expected {self.image_size} images, got {tuple(images.shape[-2:])}")
         if not self.local_modules:
-            return e2e_step(self.net, images, targets, backward, self.task_loss)
+            return e2e_step(self.net, images, targets, backward, self.task_loss, self.taps)
         if image_restored is None and self.needs_image:
             raise ValueError("this method reconstructs the input: pass image_restored in [0, 1]")
         schedule = SCHEDULE_FUNCTIONS[self.spec.schedule]
@@ -157,11 +189,15 @@ def build_local_learner(
     image_size: int | tuple[int, int] | None = None,
     image_channels: int = 3,
     task_loss: TaskLoss = F.cross_entropy,
+    taps: tuple[BlockTap, ...] | list[BlockTap] = (),
 ) -> LocalLearner:
     """Resolve ``spec`` (a dict such as ``dict(method='dgl_hpff', k=16)``) and the split plan
-    (the published table for ``arch`` and K, else balanced) and build the learner."""
+    (the published table for ``arch`` and K, else balanced) and build the learner. ``taps``:
+    extra losses on blocks inside modules (``BlockTap``), e.g. mmseg's auxiliary head."""
     spec = build_spec(spec)
     k = 1 if spec.is_e2e else spec.k
     # One module needs no table: E2E works on any depth, whatever `arch` names.
     plan = build_split_plan(arch if k > 1 else None, k, net.block_ids)
-    return LocalLearner(net, spec, plan, num_classes, image_channels, image_size, task_loss)
+    return LocalLearner(
+        net, spec, plan, num_classes, image_channels, image_size, task_loss, taps
+    )

@@ -13,6 +13,7 @@ All schedules follow the engine contract (``hpff_dist.local.backward``): they ne
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,10 +21,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from hpff_dist.local.backward import Backward, backward_vjp
+from hpff_dist.local.backward import Backward, backward_vjp_many
 from hpff_dist.local.heads import HeadOutput, LocalHead, TaskLoss
 from hpff_dist.local.memory import memory_region
-from hpff_dist.local.module import LocalModule, ModuleLevel
+from hpff_dist.local.module import BlockTap, LocalModule, ModuleLevel, ModuleTap
 
 
 @dataclass
@@ -47,7 +48,10 @@ class _Totals:
         self.logits: Tensor | None = None
         self.per_module: list[dict[str, Tensor]] = []
 
-    def add(self, mod: LocalModule, level: ModuleLevel, out: HeadOutput) -> None:
+    def add(
+        self, mod: LocalModule, level: ModuleLevel | ModuleTap, out: HeadOutput, task: bool = True
+    ) -> None:
+        """``task=False`` (taps): the loss is logged, its logits are not the net's."""
         loss = out.loss.detach()
         key = f"loss_{level.name}"
         weighted = level.weight * loss
@@ -55,7 +59,7 @@ class _Totals:
         while len(self.per_module) <= mod.index:
             self.per_module.append({})
         self.per_module[mod.index][key] = loss
-        if mod.is_last and out.logits is not None:
+        if task and mod.is_last and out.logits is not None:
             self.ce_last = loss
             self.logits = out.logits.detach()
 
@@ -73,13 +77,33 @@ def e2e_step(
     targets: Any,
     backward: Backward,
     loss_fn: TaskLoss = F.cross_entropy,
+    taps: Sequence[BlockTap] = (),
 ) -> StepOutput:
-    """Plain end-to-end backprop: one forward, one backward of the task's loss."""
-    logits = net(images)
+    """Plain end-to-end backprop: one forward, one backward of the task's loss (plus the
+    taps' losses on their blocks' outputs, e.g. mmseg's auxiliary head, as mmseg trains it)."""
+    if not taps:
+        logits = net(images)
+        loss = loss_fn(logits, targets)
+        backward(loss)
+        loss = loss.detach()
+        return StepOutput({"loss_e2e": loss, "ce_last": loss}, logits.detach())
+    x, tapped = net.stem(images), {}
+    wanted = {tap.block for tap in taps}
+    for index, block in enumerate(net.blocks):
+        x = block(x)
+        if index in wanted:
+            tapped[index] = x
+    logits = net.head(x)
     loss = loss_fn(logits, targets)
-    backward(loss)
+    total, losses = loss, {}
+    for tap in taps:
+        with memory_region("aux"):
+            tap_loss = tap.weight * tap.head(tapped[tap.block], targets, None).loss
+        total = total + tap_loss
+        losses[f"loss_{tap.name}"] = tap_loss.detach()
+    backward(total)
     loss = loss.detach()
-    return StepOutput({"loss_e2e": loss, "ce_last": loss}, logits.detach())
+    return StepOutput({"loss_e2e": loss, **losses, "ce_last": loss}, logits.detach())
 
 
 @dataclass
@@ -89,6 +113,8 @@ class _Pending:
     output: Tensor
     cotangent: Tensor | None
     params: list[nn.Parameter]
+    #: (block output, cotangent) of the module's taps, backpropagated with the output's.
+    tapped: list[tuple[Tensor, Tensor]] = field(default_factory=list)
 
 
 def _finish(pending: _Pending | None, backward: Backward) -> None:
@@ -97,8 +123,13 @@ def _finish(pending: _Pending | None, backward: Backward) -> None:
     Only the module's parameters need gradients: its input gradient (the cascade's h) was
     taken separately, so ``inputs`` lets the engine skip the first layer's input gradient.
     """
-    if pending is not None and pending.cotangent is not None:
-        backward_vjp(backward, pending.output, pending.cotangent, pending.params)
+    if pending is None:
+        return
+    pairs = [(pending.output, pending.cotangent)] if pending.cotangent is not None else []
+    pairs += pending.tapped
+    if pairs:
+        outputs, cotangents = zip(*pairs)
+        backward_vjp_many(backward, outputs, cotangents, pending.params)
 
 
 def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
@@ -156,7 +187,13 @@ def one_forward_step(
             _finish(pending, backward)
             pending = None
         leaf = x if mod.index == 0 else x.detach().requires_grad_(needs_h)
-        a = mod(leaf)
+        a, tap_features = mod.forward_tapped(leaf)
+        tapped = []
+        for tap, feature in zip(mod.active_taps, tap_features):
+            g_scaled, out = _head_cotangent(tap.head, feature, targets, image, tap.weight, backward)
+            totals.add(mod, tap, out, task=False)
+            if g_scaled is not None:
+                tapped.append((feature, _unscale(g_scaled, backward.scale)))
 
         # Cotangents are kept at true scale (un-scaled), the ``.grad`` values are scaled.
         cotangent: Tensor | None = None
@@ -175,7 +212,7 @@ def one_forward_step(
                 (h,) = torch.autograd.grad(a, leaf, g_cas_scaled, retain_graph=True)
                 pending.cotangent = _add(pending.cotangent, _unscale(h, backward.scale))
             _finish(pending, backward)
-        pending = _Pending(a, cotangent, list(mod.parameters()))
+        pending = _Pending(a, cotangent, list(mod.parameters()), tapped)
         x = a
     _finish(pending, backward)
     return totals.result()
@@ -200,7 +237,12 @@ def reference_step(
     prev_in: Tensor | None = None
     for mod in modules:
         loss: Tensor | float = 0.0
-        x_out = mod(x_in)
+        x_out, tap_features = mod.forward_tapped(x_in)
+        for tap, feature in zip(mod.active_taps, tap_features):
+            with memory_region("aux"):
+                out = tap.head(feature, targets, image)
+            loss = loss + tap.weight * out.loss
+            totals.add(mod, tap, out, task=False)
         for level in mod.active_levels:
             if level.span == 1:
                 feature = x_out
