@@ -11,6 +11,6 @@ _base_ = [
 # Iteration-based logging and checkpoints (every 4k iterations, as mmseg's schedule_40k).
 default_hooks = dict(
     logger=dict(type="LoggerHook", interval=50, log_metric_by_epoch=False),
-    checkpoint=dict(type="CheckpointHook", by_epoch=False, interval={{_base_.interval}}, max_keep_ckpts=3),
+    checkpoint=dict(type="CheckpointHook", by_epoch=False, interval={{_base_.checkpoint_interval}}, max_keep_ckpts=3),
 )
 log_processor = dict(by_epoch=False)

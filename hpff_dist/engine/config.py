@@ -44,6 +44,8 @@ RUN_KEYS = frozenset(
         "data_preprocessor", "load_from", "resume", "launcher", "env_cfg", "log_processor",
         "log_level", "visualizer", "default_scope", "randomness", "experiment_name",
         "strategy", "compile", "cfg", "runner_type", "custom_imports",
+        # mmseg's test-time augmentation (tools/test.py --tta)
+        "tta_model", "tta_pipeline",
         # ours: hpff_dist.engine.cpu_malloc, hpff_dist.engine.runners
         "cpu_malloc", "load_strict",
     }
@@ -53,7 +55,7 @@ HELPER_KEYS = frozenset(
     {
         "data_root", "batch_size", "train_pipeline", "test_pipeline", "max_epochs",
         "max_iters", "num_classes", "image_size", "crop_size", "scales",
-        "dist", "checkpoint_interval",
+        "dist", "checkpoint_interval", "image_scale", "tta_ratios", "norm_cfg",
     }
 )  # fmt: skip
 KNOWN_KEYS = RUN_KEYS | HELPER_KEYS

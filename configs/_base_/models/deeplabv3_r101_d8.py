@@ -11,11 +11,11 @@
 #   --cfg-options model.backbone.init_cfg.type=Pretrained model.backbone.init_cfg.checkpoint=PATH
 custom_imports = dict(imports=["segmentation"], allow_failed_imports=False)
 norm_cfg = dict(type="SyncBN", requires_grad=True)
-seg_crop_size = (512, 1024)  # (h, w); the dataset base has its own crop_size
+_crop_size = (512, 1024)  # (h, w), the training crop (the dataset base has its own)
 model = dict(
     type="LocalEncoderDecoder",
     arch="resnet101",  # split tables of hpff_dist/local/split.py (K=4, 8; K=2 balanced)
-    image_size=seg_crop_size,
+    image_size=_crop_size,
     method=dict(method="e2e"),
     data_preprocessor=dict(
         mean=[123.675, 116.28, 103.53],
@@ -23,7 +23,7 @@ model = dict(
         bgr_to_rgb=True,
         pad_val=0,
         seg_pad_val=255,
-        size=seg_crop_size,
+        size=_crop_size,
     ),
     backbone=dict(
         type="mmseg.ResNetV1c",

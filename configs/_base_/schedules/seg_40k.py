@@ -3,7 +3,7 @@
 # 4k iterations. The loop is iteration-based; its batches come from the SeededSampler cycled
 # epoch after epoch, so a resumed run continues at the exact batch.
 max_iters = 40000
-interval = 4000
+checkpoint_interval = 4000  # also the validation interval
 optim_wrapper = dict(
     type="OptimWrapper",
     optimizer=dict(type="SGD", lr=0.01, momentum=0.9, weight_decay=0.0005),
@@ -12,8 +12,8 @@ optim_wrapper = dict(
 param_scheduler = [
     dict(type="PolyLR", eta_min=1e-4, power=0.9, begin=0, end=max_iters, by_epoch=False)
 ]
-train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=interval)
+train_cfg = dict(type="IterBasedTrainLoop", max_iters=max_iters, val_interval=checkpoint_interval)
 val_cfg = dict(type="ValLoop")
 test_cfg = dict(type="TestLoop")
-# The experiment sets the iteration-based hooks (checkpoint and log every `interval`):
+# The experiment sets the iteration-based hooks (checkpoint and log every `checkpoint_interval`):
 # default_runtime.py defines default_hooks, and two bases may not both set a key.
