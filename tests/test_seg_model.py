@@ -255,3 +255,28 @@ def test_restored_images_are_the_rgb_input_in_0_1():
     out = model.data_preprocessor(data, True)
     rgb = torch.stack([img.flip(0) for img in data["inputs"]]).double() / 255  # bgr_to_rgb
     torch.testing.assert_close(out["images"].double(), rgb, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["dgl", "infopro", "dgl_hpff", "infopro_hpff"])
+def test_a_local_head_trains_its_module_and_a_cascade_also_the_one_before(method):
+    """Perturb the heads of module 1 only: the gradients that change are those of module 1
+    (and module 0 for a cascade level) and of those heads; modules 2.. keep theirs bitwise."""
+    model = _build(dict(method=method, k=4, **NO_DROPOUT_HEADS))
+    learner = model.learner
+    before = _step(model)
+    heads = [name for name in learner.heads if name.endswith("1") and name != "aux"]
+    assert heads
+    with torch.no_grad():
+        for name in heads:
+            for p in learner.heads[name].parameters():
+                p.mul_(1.5)
+    after = _step(model)
+    reaches = {1, 0} if method.endswith("_hpff") else {1}
+    owner = {id(p): mod.index for mod in learner.local_modules for p in mod.parameters()}
+    params = dict(model.named_parameters())
+    changed = {n for n in before if not torch.equal(before[n], after[n])}
+    for name in changed:
+        if id(params[name]) in owner:
+            assert owner[id(params[name])] in reaches, name
+    touched = {owner[id(params[n])] for n in changed if id(params[n]) in owner}
+    assert touched == reaches
