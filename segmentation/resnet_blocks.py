@@ -19,7 +19,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from hpff_dist.local.features import FeatureInfo
-from hpff_dist.local.network import block_id_table
+from hpff_dist.models.block_network import StagedBlocks
 
 
 def _block_stride(block: nn.Module) -> int:
@@ -32,7 +32,7 @@ def _block_channels(block: nn.Module) -> int:
     return int(conv.out_channels)
 
 
-class MMSegResNetBlocks:
+class MMSegResNetBlocks(StagedBlocks):
     """A ``BlockNetwork`` over an mmseg ``ResNet``/``ResNetV1c``/``ResNetV1d`` and a head.
 
     Not an ``nn.Module``: it owns nothing (see the module docstring). ``head`` maps the last
@@ -70,25 +70,5 @@ class MMSegResNetBlocks:
             ends.append(total - 1)
         self.stage_ends = tuple(ends)  # block index where each stage ends
 
-    @property
-    def block_ids(self) -> list[tuple[int, int]]:
-        return block_id_table(self.stage_depths)
-
-    @property
-    def feature_info(self) -> list[FeatureInfo]:
-        return list(self._feature_info)
-
-    @property
-    def block_channels(self) -> list[int]:
-        return [f.channels for f in self._feature_info]
-
-    def forward_features(self, x: Tensor) -> Tensor:
-        x = self.stem(x)
-        for block in self.blocks:
-            x = block(x)
-        return x
-
     def __call__(self, x: Tensor) -> Tensor:
-        return self.head(self.forward_features(x))
-
-    forward = __call__
+        return self.forward(x)

@@ -13,8 +13,11 @@ from hpff_dist.local.features import FeatureInfo
 from hpff_dist.local.network import block_id_table
 
 
-class StagedBlockNetwork(nn.Module):
-    """Base for backbones made of stages of residual blocks, run stem -> blocks -> head."""
+class StagedBlocks:
+    """The ``BlockNetwork`` answers of stages of residual blocks, run stem -> blocks -> head.
+
+    A plain mixin: ``StagedBlockNetwork`` is it as an ``nn.Module`` (backbones we own); views
+    over modules owned elsewhere (``segmentation.resnet_blocks``) use it directly."""
 
     stem: nn.Module
     blocks: nn.ModuleList
@@ -42,3 +45,7 @@ class StagedBlockNetwork(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.forward_features(x))
+
+
+class StagedBlockNetwork(StagedBlocks, nn.Module):
+    """Base for our backbones made of stages of residual blocks (an ``nn.Module``)."""
