@@ -12,7 +12,11 @@ from hpff_dist.registry import HOOKS
 
 
 def _batch_size(data_batch) -> int:
-    first = data_batch["images"] if isinstance(data_batch, dict) else data_batch[0]
+    """Images in a batch: ``images`` (ours), mmseg's ``inputs`` list, or a (images, ...) pair."""
+    if isinstance(data_batch, dict):
+        first = data_batch["images"] if "images" in data_batch else data_batch["inputs"]
+    else:
+        first = data_batch[0]
     return len(first)
 
 

@@ -41,7 +41,9 @@ test_pipeline = [
     dict(type="mmseg.LoadAnnotations"),
     dict(type="mmseg.PackSegInputs"),
 ]
-# Multi-scale + flip test-time augmentation (tools/test.py --tta).
+# Multi-scale + flip test-time augmentation (tools/test.py --tta): mean of the softmax over the
+# 12 views (mmseg's SegTTAModel arithmetic; segmentation/tta.py keeps each image's metainfo).
+tta_model = dict(type="SegTTAAverage")
 tta_ratios = [0.5, 0.75, 1.0, 1.25, 1.5, 1.75]
 tta_pipeline = [
     dict(type="mmseg.LoadImageFromFile"),
@@ -88,5 +90,6 @@ val_dataloader = dict(
 )
 test_dataloader = val_dataloader  # Cityscapes' test labels are not public: report val
 
-val_evaluator = dict(type="mmseg.IoUMetric", iou_metrics=["mIoU"])
+# mmseg's IoUMetric that also returns each class's IoU/Acc (segmentation/evaluation.py)
+val_evaluator = dict(type="PerClassIoUMetric", iou_metrics=["mIoU"])
 test_evaluator = val_evaluator
