@@ -13,8 +13,9 @@ from hpff_dist import compat
 
 compat.provide_mmcv_ops_without_compiled_extension()
 
-from segmentation import data_preprocessor, segmentor  # noqa: E402,F401  (registers them)
-from segmentation import evaluation, tta  # noqa: E402,F401  (PerClassIoUMetric, SegTTAAverage, TTATestLoop ...)
+# Registers LocalEncoderDecoder, LocalSegDataPreProcessor, PerClassIoUMetric, SegTTAAverage,
+# TTATestLoop and the picture hook.
+from segmentation import data_preprocessor, evaluation, segmentor, tta  # noqa: E402,F401
 from segmentation.resnet_blocks import MMSegResNetBlocks  # noqa: E402
 from segmentation.segmentor import LocalEncoderDecoder  # noqa: E402
 
