@@ -6,12 +6,15 @@ step of ``hpff_dist.models.local_step`` over the backbone's residual blocks. Con
 package with ``custom_imports = dict(imports=["segmentation"])``.
 
 Importing it provides mmcv's ``ops`` module first where only mmcv-lite is installed
-(``hpff_dist.compat.provide_mmcv_ops_without_compiled_extension``): mmseg imports it at load.
+(``hpff_dist.compat.provide_mmcv_ops_without_compiled_extension``): mmseg imports it at load;
+and it defers DeepSpeed's import, which mmseg would trigger through mmengine's runner
+(``defer_deepspeed_import_in_mmengine``).
 """
 
 from hpff_dist import compat
 
 compat.provide_mmcv_ops_without_compiled_extension()
+compat.defer_deepspeed_import_in_mmengine()  # mmseg imports mmengine's runner
 
 # Registers LocalEncoderDecoder, LocalSegDataPreProcessor, PerClassIoUMetric, SegTTAAverage,
 # TTATestLoop and the picture hook.
