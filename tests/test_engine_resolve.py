@@ -23,8 +23,10 @@ from hpff_dist.engine.resolve import (
     DEEPSPEED_STRATEGY,
     RESOLVED_CONFIG_FILE,
     RESUMABLE_EPOCH_LOOP,
+    RESUMABLE_ITER_LOOP,
     resolve_config,
 )
+from hpff_dist.engine.signatures import ConfigArgumentError
 
 MODEL = dict(
     type="hpff_dist.LocalClassifier",
@@ -214,3 +216,50 @@ def test_single_process_run_does_not_import_deepspeed(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [line[2:] for line in out.stdout.splitlines() if line.startswith("> ")]
     assert lines == ["LocalRunner 2 False []"], out.stdout[-2000:]
+
+
+# ---------------------------------------------------------------------- the iteration loop
+@pytest.mark.parametrize(
+    "train_cfg",
+    [dict(type="IterBasedTrainLoop", max_iters=40, val_interval=20),
+     dict(type="mmengine.IterBasedTrainLoop", max_iters=40, val_interval=20)],
+)  # fmt: skip
+def test_mmengines_iteration_loop_becomes_the_resumable_one_on_record(train_cfg):
+    run, changes = resolve_config(_cfg(train_cfg=train_cfg))
+    assert run.train_cfg == dict(type=RESUMABLE_ITER_LOOP, max_iters=40, val_interval=20)
+    change = _by_key(changes)["train_cfg.type"]
+    assert (change.old, change.new) == (train_cfg["type"], RESUMABLE_ITER_LOOP)
+    assert "loading and dropping every trained batch" in change.why
+    again, more = resolve_config(run)
+    assert more == [] and again.train_cfg == run.train_cfg
+
+
+def test_by_epoch_false_without_a_type_becomes_the_resumable_iteration_loop():
+    run, changes = resolve_config(_cfg(train_cfg=dict(by_epoch=False, max_iters=40)))
+    assert run.train_cfg == dict(type=RESUMABLE_ITER_LOOP, max_iters=40)
+    changed = _by_key(changes)
+    assert (changed["train_cfg.by_epoch"].old, changed["train_cfg.by_epoch"].new) == (False, UNSET)
+    assert changed["train_cfg.type"].new == RESUMABLE_ITER_LOOP
+
+
+def test_the_iteration_loop_class_itself_is_replaced_a_subclass_is_not():
+    from mmengine.runner import IterBasedTrainLoop
+
+    run, _ = resolve_config(_cfg(train_cfg=dict(type=IterBasedTrainLoop, max_iters=4)))
+    assert run.train_cfg.type == RESUMABLE_ITER_LOOP
+
+    class MyLoop(IterBasedTrainLoop):
+        pass
+
+    for train_cfg in (
+        dict(type=MyLoop, max_iters=4),
+        dict(type=RESUMABLE_EPOCH_LOOP, max_epochs=2),
+    ):
+        run, changes = resolve_config(_cfg(train_cfg=train_cfg))
+        assert run.train_cfg.type == train_cfg["type"] and "train_cfg.type" not in _by_key(changes)
+
+
+def test_a_misspelt_iteration_loop_argument_fails_at_resolution():
+    cfg = _cfg(train_cfg=dict(type="IterBasedTrainLoop", max_iter=40))
+    with pytest.raises(ConfigArgumentError, match="max_iter"):
+        resolve_config(cfg)

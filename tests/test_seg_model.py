@@ -280,3 +280,11 @@ def test_a_local_head_trains_its_module_and_a_cascade_also_the_one_before(method
             assert owner[id(params[name])] in reaches, name
     touched = {owner[id(params[n])] for n in changed if id(params[n]) in owner}
     assert touched == reaches
+
+
+def test_data_root_option_points_mmseg_datasets_at_the_folder():
+    from hpff_dist.engine.config import load_config
+
+    cfg = load_config(str(CONFIGS / "deeplabv3_r101_d8_e2e.py"), data_root="/data/cs")
+    for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        assert cfg[key].dataset.data_root == "/data/cs"

@@ -16,6 +16,7 @@ between nodes), GPUs/NCCL, a site's preemption policy (PreemptMode) or time-limi
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -364,3 +365,52 @@ def test_imagenet_script_by_overrides_only_survives_scontrol_requeue(
     assert "SIGTERM received, forwarding to srun" in job.text()
     assert "requeueing job" not in job.text()
     _assert_resumed_exactly(job, straight, {"SIGTERM", "a signal on another rank"})
+
+
+# ---------------------------------------------------------------------- the Cityscapes script
+def test_cityscapes_script_by_overrides_only_trains_the_tiny_deeplab(slurm_cluster, tmp_path):
+    """slurm/cityscapes_deeplabv3_r101.sh as shipped (a 1x4 GPU job), sized for this CPU node by
+    sbatch options and pointed at the tiny DeepLab (tests/seg_tiny.py) and the tiny Cityscapes
+    tree by environment variables, 2 iterations by --cfg-options after the script: 2 tasks
+    under ZeRO-2 complete, the first submission's --resume auto starts fresh, the iteration
+    loop is ours and the checkpoint is DeepSpeed's directory."""
+    from cityscapes_tree import write_tree
+    from seg_tiny import tiny_deeplab_cfg
+
+    root = tmp_path / "cityscapes"
+    write_tree(root)  # 3 train images: 2 a rank (DefaultSampler rounds up), 1 batch of 2
+    proc = subprocess.run(
+        [sys.executable, "tools/convert_cityscapes.py", str(root)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    cfg = tiny_deeplab_cfg("k4_infopro_hpff", root)
+    # the shipped ThroughputHook reads data_batch["images"] (mmseg's batches hold "inputs")
+    cfg.custom_hooks = [dict(type="PreemptionHook")]
+    cfg.visualizer.vis_backends = [dict(type="LocalVisBackend")]
+    cfg.val_evaluator = dict(type="mmseg.IoUMetric", iou_metrics=["mIoU"])
+    config = tmp_path / "tiny_deeplab.py"
+    cfg.dump(str(config))
+    work, log = tmp_path / "work", tmp_path / "deeplab-%j.out"
+    env = {"CONFIG": str(config), "WORK_DIR": str(work), "ZERO": "2", "CITYSCAPES_ROOT": str(root),
+           "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}  # fmt: skip
+    options = ["--nodes=1", "--ntasks-per-node=2", "--gpus-per-node=0", "--cpus-per-task=1"]
+    options += ["--time=30", f"--output={log}"]
+    iterations = ["train_cfg.max_iters=2", "train_cfg.val_interval=2",
+                  "param_scheduler.0.end=2", "default_hooks.checkpoint.interval=2",
+                  "default_hooks.logger.interval=1"]  # fmt: skip
+    job_id = slurm_cluster.sbatch(
+        REPO / "slurm/cityscapes_deeplabv3_r101.sh", "--no-test", "--cfg-options", *iterations,
+        options=options, env=env, cwd=REPO,
+    )  # fmt: skip
+    result = slurm_cluster.wait(job_id, JOB_TIMEOUT_S)
+    text = (tmp_path / f"deeplab-{job_id}.out").read_text(errors="replace")
+    assert (result.state, result.exit_code, result.restarts) == ("COMPLETED", 0, 0), (
+        result.fields,
+        text[-5000:],
+    )
+    assert "--resume auto: no checkpoint in" in text
+    assert re.search(r"Iter\(train\)\s+\[2/2\]", text), text[-3000:]
+    assert (work / "iter_2.pth" / MODEL_STATES_FILE).is_file()
+    changes = {r["key"]: r["new"] for r in json.loads((work / "config_changes.json").read_text())}
+    assert changes["train_cfg.type"] == "hpff_dist.ResumableIterBasedTrainLoop"

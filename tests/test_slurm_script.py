@@ -20,7 +20,7 @@ import pytest
 from conftest import REPO
 
 from hpff_dist.engine.config import load_config
-from hpff_dist.engine.resolve import DEEPSPEED_STRATEGY, resolve_config
+from hpff_dist.engine.resolve import DEEPSPEED_STRATEGY, RESUMABLE_ITER_LOOP, resolve_config
 
 EXIT_PREEMPTED = 75  # hpff_dist.engine.preemption.EXIT_PREEMPTED, what slurm/common.sh expects
 
@@ -265,4 +265,93 @@ def test_imagenet_script_needs_the_shards(tmp_path, stubs):
     env = _env(tmp_path, stubs, SLURM_SUBMIT_DIR=str(REPO))
     proc = _bash("slurm/imagenet_r101.sh", env=env)
     assert proc.returncode != 0 and "set IMAGENET_SHARDS" in proc.stderr
+    assert _calls(tmp_path, "srun") == []
+
+
+# ---------------------------------------------------------------------- the Cityscapes script
+CITYSCAPES_SCRIPT = "slurm/cityscapes_deeplabv3_r101.sh"
+
+
+def _cityscapes_env(tmp_path: Path, stubs: Path, **extra: str) -> dict[str, str]:
+    env = _env(tmp_path, stubs, **extra)
+    for key in [k for k in env if k.startswith("CITYSCAPES_") and k not in extra]:
+        del env[key]  # only what the test gives
+    return env
+
+
+def _sbatch_options(script: str) -> set[str]:
+    lines = (REPO / script).read_text().splitlines()
+    return {line.split(maxsplit=1)[1] for line in lines if line.startswith("#SBATCH ")}
+
+
+def test_cityscapes_script_starts_mmsegs_4xb2_deepspeed_run(tmp_path, stubs, monkeypatch):
+    """The command the shipped script gives srun (defaults only) resolves, under the SLURM
+    variables of its own 1 node x 4 GPU job, to mmseg's schedule: 4 tasks x 2 images, the
+    resumable iteration loop for 40k iterations, DeepSpeed ZeRO-1 in fp32, the data folder
+    from CITYSCAPES_ROOT, --resume auto."""
+    submit_dir = tmp_path / "submit"
+    submit_dir.mkdir()
+    (submit_dir / "slurm").symlink_to(REPO / "slurm")
+    env = _cityscapes_env(tmp_path, stubs, SLURM_SUBMIT_DIR=str(submit_dir),
+                          SLURM_JOB_ID="4243", SLURM_CPUS_PER_TASK="8",
+                          CITYSCAPES_ROOT="/data/cityscapes")  # fmt: skip
+    proc = _bash(CITYSCAPES_SCRIPT, "--no-test", env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (call,) = _calls(tmp_path, "srun")
+    assert call["argv"][:2] == ["--kill-on-bad-exit=1", "--cpus-per-task=8"]
+    args = _train_args(call["argv"])
+    assert args.config == "configs/cityscapes/deeplabv3_r101_d8_k4_infopro_hpff.py"
+    assert (args.launcher, args.resume, args.no_test) == ("slurm", "auto", True)
+    assert args.work_dir == "work_dirs/deeplabv3_r101_d8_k4_infopro_hpff"
+    options = _sbatch_options(CITYSCAPES_SCRIPT)
+    assert {"--nodes=1", "--ntasks-per-node=4", "--gpus-per-node=4", "--requeue",
+            "--signal=B:USR1@600", "--open-mode=append"} <= options  # fmt: skip
+    for key, value in {
+        "SLURM_PROCID": "3",
+        "SLURM_NTASKS": "4",
+        "SLURM_LOCALID": "3",
+        "SLURM_JOB_NODELIST": "gpu07",
+        "SLURM_JOB_ID": "4243",
+    }.items():
+        monkeypatch.setenv(key, value)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("CITYSCAPES_ROOT", "/data/cityscapes")  # what the tasks inherit
+    monkeypatch.setenv("PATH", env["PATH"])  # the stub scontrol (see the ImageNet test)
+    monkeypatch.setenv("STUB_LOG", env["STUB_LOG"])
+    cfg = load_config(str(REPO / args.config), args.cfg_options)
+    cfg.launcher = args.launcher
+    prepared, _ = resolve_config(cfg)
+    assert prepared.strategy["type"] == DEEPSPEED_STRATEGY
+    assert prepared.strategy["zero_optimization"]["stage"] == 1
+    assert prepared.strategy["bf16"]["enabled"] is False
+    assert prepared.train_cfg.type == RESUMABLE_ITER_LOOP
+    assert prepared.train_cfg.max_iters == 40000
+    assert prepared.default_hooks.checkpoint.by_epoch is False  # iter_N.pth
+    assert 4 * prepared.train_dataloader.batch_size == 8  # mmseg's 4xb2
+    for loader in ("train_dataloader", "val_dataloader"):
+        assert prepared[loader].dataset.data_root == "/data/cityscapes"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{"CITYSCAPES_ROOT": "/data/cs"}, {"CITYSCAPES_SHARDS": "/data/cs-wds"},
+     {"CITYSCAPES_ROOT": "/data/cs", "CITYSCAPES_SHARDS": "/data/cs-wds"}],
+)  # fmt: skip
+def test_cityscapes_script_passes_the_data_location_to_the_tasks(tmp_path, stubs, data):
+    """CITYSCAPES_ROOT (the folder configs) and CITYSCAPES_SHARDS (for shard configs) reach
+    the tasks' environment."""
+    body = 'record(env={k: v for k, v in os.environ.items() if k.startswith("CITYSCAPES_")})'
+    (stubs / "srun").write_text(STUB.format(python=sys.executable, body=body))
+    env = _cityscapes_env(tmp_path, stubs, SLURM_SUBMIT_DIR=str(REPO), **data)
+    proc = _bash(CITYSCAPES_SCRIPT, env=env)
+    assert proc.returncode == 0, proc.stderr
+    (call,) = _calls(tmp_path, "srun")
+    assert call["env"] == data
+
+
+def test_cityscapes_script_needs_the_data(tmp_path, stubs):
+    env = _cityscapes_env(tmp_path, stubs, SLURM_SUBMIT_DIR=str(REPO))
+    proc = _bash(CITYSCAPES_SCRIPT, env=env)
+    assert proc.returncode == 2 and "set CITYSCAPES_ROOT" in proc.stderr
     assert _calls(tmp_path, "srun") == []

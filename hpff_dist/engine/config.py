@@ -301,17 +301,19 @@ def _paths_named(cfg: Mapping[str, Any], name: str) -> Iterator[str]:
 
 
 def set_data_root(cfg: Config, root: str) -> None:
-    """Point every loader at ``root`` (``dataset.root``, or ``root`` for loaders that are not
-    torch datasets, e.g. DALI). Base configs resolve ``data_root`` when they are read, so
-    overriding that variable alone would leave the loaders where they were."""
+    """Point every loader at ``root`` (``dataset.root``; mmseg-style datasets' ``data_root``;
+    ``root`` for loaders that are not torch datasets, e.g. DALI). Base configs resolve
+    ``data_root`` when they are read, so overriding that variable alone would leave the loaders
+    where they were."""
     for key in LOADER_KEYS:
         loader = cfg.get(key)
         if not loader:
             continue
         target = loader.get("dataset") if "dataset" in loader else loader
-        if target is None or "root" not in target:
+        field = next((f for f in ("root", "data_root") if target and f in target), None)
+        if field is None:
             raise KeyError(f"{key} has no dataset root to set; set it with --cfg-options")
-        target["root"] = root
+        target[field] = root
 
 
 def load_config(

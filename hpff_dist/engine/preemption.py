@@ -98,7 +98,7 @@ class PreemptionHook(Hook):
         name = signal.Signals(self.received).name if self.received else "a signal on another rank"
         print_log(
             f"{name}: stopped after iteration {runner.iter + 1} (epoch {runner.epoch + 1}, batch "
-            f"{batch_idx + 1} of {len(runner.train_dataloader)}); checkpoint {path}; exiting "
+            f"{_batch_in_epoch(runner)} of {len(runner.train_dataloader)}); checkpoint {path}; exiting "
             f"with {EXIT_PREEMPTED} so the job is requeued and resumes there (--resume auto)",
             logger="current",
         )
@@ -133,3 +133,9 @@ class PreemptionHook(Hook):
 def _write_text(path: str, text: str) -> None:
     with open(path, "w") as f:
         f.write(text)
+
+
+def _batch_in_epoch(runner) -> int:
+    """1-based batch of the current epoch (pass) just trained: mmengine's iteration loop passes
+    the iteration as ``batch_idx``; both our loops count epochs, so this holds for both."""
+    return runner.iter - runner.epoch * len(runner.train_dataloader) + 1

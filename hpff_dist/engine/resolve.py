@@ -1,9 +1,9 @@
 """The user's config -> the config a run is built from, with every change on record.
 
 A run does not train on the config file as written: the dataset's normalisation moves into the
-model, epoch loops become resumable, a distributed launcher gets our DeepSpeed strategy, a
-global batch size sets the per-device batch, and a DeepSpeed run gets our optim wrapper.
-:func:`resolve_config` makes all of these on a deep copy and returns them as
+model, epoch and iteration loops become resumable, a distributed launcher gets our DeepSpeed
+strategy, a global batch size sets the per-device batch, and a DeepSpeed run gets our optim
+wrapper. :func:`resolve_config` makes all of these on a deep copy and returns them as
 :class:`~hpff_dist.engine.changes.ConfigChange` records (key, old value, new value, why);
 ``build_runner`` writes the result to the work dir (``resolved_config.py``,
 ``config_changes.json``) and logs every change. What only the DeepSpeed strategy can decide
@@ -33,6 +33,7 @@ __all__ = [
     "DEEPSPEED_STRATEGY",
     "RESOLVED_CONFIG_FILE",
     "RESUMABLE_EPOCH_LOOP",
+    "RESUMABLE_ITER_LOOP",
     "resolve_config",
     "write_resolved_config",
 ]
@@ -41,6 +42,9 @@ __all__ = [
 # (FlexibleRunner builds its strategy first) and keep the config dumpable as text.
 DEEPSPEED_STRATEGY = "hpff_dist.LocalDeepSpeedStrategy"
 RESUMABLE_EPOCH_LOOP = "hpff_dist.ResumableEpochBasedTrainLoop"
+RESUMABLE_ITER_LOOP = "hpff_dist.ResumableIterBasedTrainLoop"
+#: how a config names mmengine's iteration loop (our LOOPS registry finds it through its parent)
+_MMENGINE_ITER_LOOP_NAMES = {"IterBasedTrainLoop", "mmengine.IterBasedTrainLoop"}
 _OUR_STRATEGY_NAMES = {"LocalDeepSpeedStrategy", DEEPSPEED_STRATEGY}
 #: the resolved config, as mmengine's ``Config.dump`` writes it, in the work dir.
 RESOLVED_CONFIG_FILE = "resolved_config.py"
@@ -58,6 +62,7 @@ def resolve_config(cfg: Config, env: DistEnv | None = None) -> tuple[Config, lis
     _model_owns_normalisation(run, recorder)
     _sync_bn_only_on_gpus(run, recorder)
     _resumable_epoch_loop(run, recorder)
+    _resumable_iter_loop(run, recorder)
     strategy = _strategy(run, launcher, recorder)
     if strategy is not None and _strategy_name(strategy) in _OUR_STRATEGY_NAMES:
         _per_device_batch(run, strategy, env.world_size, recorder)
@@ -134,6 +139,35 @@ def _resumable_epoch_loop(run: Config, recorder: ChangeRecorder) -> None:
     )
     recorder.pop(train_cfg, "by_epoch", why, "train_cfg.by_epoch")
     recorder.set(train_cfg, "type", RESUMABLE_EPOCH_LOOP, why, "train_cfg.type")
+
+
+def _resumable_iter_loop(run: Config, recorder: ChangeRecorder) -> None:
+    """mmengine's ``IterBasedTrainLoop`` (by type, or ``by_epoch=False`` without one) resumes by
+    loading and dropping every trained batch, hours for mmseg's 40k iterations:
+    ``ResumableIterBasedTrainLoop`` starts the sampler at the next batch instead. A loop of
+    another type (a subclass, a custom loop) is the user's and stays."""
+    train_cfg = run.get("train_cfg")
+    if not isinstance(train_cfg, Mapping):
+        return
+    why = (
+        "mmengine's iteration loop resumes by loading and dropping every trained batch, and "
+        "with other dropout draws; ResumableIterBasedTrainLoop starts at the next batch without "
+        "loading the trained ones and seeds each iteration by (seed, iteration, rank)"
+    )
+    if "type" in train_cfg:
+        if _is_mmengine_iter_loop(train_cfg["type"]):
+            recorder.set(train_cfg, "type", RESUMABLE_ITER_LOOP, why, "train_cfg.type")
+    elif "by_epoch" in train_cfg and not train_cfg["by_epoch"]:
+        recorder.pop(train_cfg, "by_epoch", why, "train_cfg.by_epoch")
+        recorder.set(train_cfg, "type", RESUMABLE_ITER_LOOP, why, "train_cfg.type")
+
+
+def _is_mmengine_iter_loop(kind: Any) -> bool:
+    """Whether a loop ``type`` (a name or a class) is mmengine's ``IterBasedTrainLoop`` itself."""
+    if isinstance(kind, str):
+        return kind in _MMENGINE_ITER_LOOP_NAMES
+    named = getattr(kind, "__name__", None) == "IterBasedTrainLoop"
+    return named and str(getattr(kind, "__module__", "")).startswith("mmengine.")
 
 
 def _strategy(run: Config, launcher: str, recorder: ChangeRecorder) -> Mapping | None:
