@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 export DS_BUILD_OPS := 0
 export PYTHONHASHSEED := 0
 
-.PHONY: train test compare benchmark lint deps venv clean-venv
+.PHONY: train train-seg test compare benchmark lint deps venv clean-venv
 
 # tools/bootstrap.sh: missing Debian packages (requirements-debian.txt), then the venv, keyed
 # on a hash of the pinned requirements (a second run installs nothing).
@@ -22,6 +22,14 @@ FMNIST_METHODS := e2e k16_dgl k16_infopro k16_dgl_hpff k16_infopro_hpff
 
 train: venv
 	$(PY) tools/train.py $(MAIN_CONFIG) --work-dir work_dirs/make_train
+
+# DeepLabV3-R18-D8, InfoPro+HPFF K=4, on canvases of real Fashion-MNIST garments (the
+# segmentation job that runs here: no Cityscapes on this machine). The test-set table lists the
+# IoU and accuracy of every class; predictions.png shows image | ground truth | prediction.
+SEG_CONFIG := configs/fashion_mnist_seg/deeplabv3_r18_d8_k4_infopro_hpff.py
+train-seg: venv
+	$(PY) tools/train.py $(SEG_CONFIG) --work-dir work_dirs/make_train_seg
+	@echo "predictions (image | ground truth | prediction): work_dirs/make_train_seg/predictions.png"
 
 compare: venv
 	$(PY) tools/compare.py $(foreach m,$(FMNIST_METHODS),configs/fashion_mnist/resnet32_$(m).py) \

@@ -3,6 +3,7 @@
 from hpff_dist.data import (  # noqa: F401
     cityscapes,
     fashion_mnist,
+    fmnist_segmentation,
     imagenet,
     sample_seeds,
     torchvision_folders,
