@@ -67,7 +67,9 @@ def backward_vjp_many(
     outputs its taps read), in one backward pass: the engine's ``vjp`` takes one tensor, so
     more than one go through the surrogate ``sum_j (output_j * cotangent_j).sum()``."""
     if len(outputs) != len(cotangents) or not outputs:
-        raise ValueError(f"need as many cotangents as outputs, got {len(cotangents)}, {len(outputs)}")
+        raise ValueError(
+            f"need as many cotangents as outputs, got {len(cotangents)}, {len(outputs)}"
+        )
     if len(outputs) == 1:
         backward_vjp(backward, outputs[0], cotangents[0], inputs)
         return

@@ -198,6 +198,4 @@ def build_local_learner(
     k = 1 if spec.is_e2e else spec.k
     # One module needs no table: E2E works on any depth, whatever `arch` names.
     plan = build_split_plan(arch if k > 1 else None, k, net.block_ids)
-    return LocalLearner(
-        net, spec, plan, num_classes, image_channels, image_size, task_loss, taps
-    )
+    return LocalLearner(net, spec, plan, num_classes, image_channels, image_size, task_loss, taps)
