@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from hpff_dist import compat
 from hpff_dist.engine.cpu_malloc import configure_cpu_malloc
-from hpff_dist.local.heads import NetHead
+from hpff_dist.local.heads import LocalHead, NetHead
 from hpff_dist.local.memory import SavedTensorMeter
 from hpff_dist.registry import MODELS
 
@@ -130,11 +130,25 @@ def model_parts(learner: nn.Module) -> list[tuple[str, nn.Module]]:
     return unique
 
 
+def _labelled(label: str, method: Any) -> Any:
+    def run(*args: Any, **kwargs: Any) -> Any:
+        token = _PART.set(label)
+        try:
+            return method(*args, **kwargs)
+        finally:
+            _PART.reset(token)
+
+    return run
+
+
 @contextmanager
 def labelled_parts(parts: list[tuple[str, nn.Module]]) -> Iterator[None]:
     """While inside, every call of a listed module (and what it calls) runs under its label;
-    the innermost labelled module wins."""
+    the innermost labelled module wins. A head's ``accumulate`` is labelled too: the schedules
+    call it rather than the head, and PFF and InfoPro heads compute their losses (and InfoPro
+    its fused upsample-conv) there, outside any submodule's call."""
     handles = []
+    wrapped = []
     for label, module in parts:
         tokens: list[contextvars.Token] = []
 
@@ -146,11 +160,16 @@ def labelled_parts(parts: list[tuple[str, nn.Module]]) -> Iterator[None]:
 
         handles.append(module.register_forward_pre_hook(enter))
         handles.append(module.register_forward_hook(leave, always_call=True))
+        if isinstance(module, LocalHead):
+            object.__setattr__(module, "accumulate", _labelled(label, module.accumulate))
+            wrapped.append(module)
     try:
         yield
     finally:
         for handle in handles:
             handle.remove()
+        for module in wrapped:
+            object.__delattr__(module, "accumulate")
 
 
 def part_group(part: str) -> str:
