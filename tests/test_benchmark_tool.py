@@ -9,14 +9,8 @@ REPO = Path(__file__).resolve().parents[1]
 C10 = "configs/cifar10"
 
 
-def test_benchmark_writes_every_field_and_plots(tmp_path):
-    out = tmp_path / "bench.json"
-    entries = [
-        f"{C10}/resnet32_e2e.py+model.backbone.depth=8",
-        f"{C10}/resnet32_k16_dgl_hpff.py+model.backbone.depth=8+model.arch=None+model.method.k=3",
-        f"{C10}/resnet32_k16_dgl_hpff.py+model.backbone.depth=8+model.arch=None+model.method.k=2",
-    ]
-    args = ["--batch-size", "4", "--iters", "2", "--warmup", "1", "--repeat", "2"]
+def _run_benchmark(entries: list[str], args: list[str], out) -> dict:
+    """``tools/benchmark.py`` in a subprocess; its JSON report."""
     proc = subprocess.run(
         [sys.executable, "tools/benchmark.py", *entries, *args, "--out", str(out)],
         cwd=REPO,
@@ -25,7 +19,18 @@ def test_benchmark_writes_every_field_and_plots(tmp_path):
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def test_benchmark_writes_every_field_and_plots(tmp_path):
+    out = tmp_path / "bench.json"
+    entries = [
+        f"{C10}/resnet32_e2e.py+model.backbone.depth=8",
+        f"{C10}/resnet32_k16_dgl_hpff.py+model.backbone.depth=8+model.arch=None+model.method.k=3",
+        f"{C10}/resnet32_k16_dgl_hpff.py+model.backbone.depth=8+model.arch=None+model.method.k=2",
+    ]
+    args = ["--batch-size", "4", "--iters", "2", "--warmup", "1", "--repeat", "2"]
+    report = _run_benchmark(entries, args, out)
     results = report["results"]
     assert [r["method"] for r in results] == ["e2e", "dgl_hpff", "dgl_hpff"]
     assert [r["k"] for r in results] == [1, 3, 2]
@@ -98,15 +103,7 @@ def test_benchmark_runs_segmentation_configs(tmp_path):
     options.pop("model.method", None)
     entries = [_entry(f"configs/cityscapes/deeplabv3_r101_d8_{n}.py", options) for n in names]
     args = ["--iters", "1", "--warmup", "0", "--plot-prefix", "seg_"]
-    proc = subprocess.run(
-        [sys.executable, "tools/benchmark.py", *entries, *args, "--out", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(out.read_text())
+    report = _run_benchmark(entries, args, out)
     e2e, local = report["results"]
     assert (e2e["method"], local["method"], local["k"]) == ("e2e", "infopro_hpff", 4)
     for r in (e2e, local):

@@ -33,6 +33,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from checkpoint_compare import assert_checkpoints_bitwise_equal
 from cityscapes_tree import H, W, write_tree
 from conftest import REPO
 from mmengine.config import Config
@@ -209,22 +210,6 @@ def _assert_finite_losses(work: Path, iters: int) -> dict[str, float]:
     return losses
 
 
-def _assert_bitwise_equal(a: dict, b: dict) -> None:
-    """Weights, buffers, optimizer state, learning rate and schedule of two checkpoints."""
-    assert a["state_dict"].keys() == b["state_dict"].keys()
-    differing = [
-        k for k in a["state_dict"] if not torch.equal(a["state_dict"][k], b["state_dict"][k])
-    ]
-    assert not differing, f"{len(differing)} of {len(a['state_dict'])} differ: {differing[:5]}"
-    state_a, state_b = a["optimizer"]["state"], b["optimizer"]["state"]
-    assert state_a.keys() == state_b.keys() and state_a
-    for key in state_a:
-        for name, value in state_a[key].items():
-            assert torch.equal(torch.as_tensor(value), torch.as_tensor(state_b[key][name])), name
-    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
-    assert a["param_schedulers"] == b["param_schedulers"]
-
-
 def _differing(a: dict, b: dict) -> list[str]:
     return [k for k in a if not torch.equal(a[k], b[k])]
 
@@ -312,7 +297,7 @@ def test_sigkilled_then_preempted_and_resumed_equals_uninterrupted(first_runs):
     loads = json.loads((cut / "loads.json").read_text())
     assert loads == {"loads": (ITERS - PREEMPTED_AT) * BATCH, "first_iter": PREEMPTED_AT}
     a, b = _load(first_runs.straight / f"iter_{ITERS}.pth"), _load(cut / f"iter_{ITERS}.pth")
-    _assert_bitwise_equal(a, b)
+    assert_checkpoints_bitwise_equal(a, b)
     # the checkpoint records the pass: 10 iterations of 4 a pass end in epoch 2
     assert (b["meta"]["epoch"], b["meta"]["iter"]) == (ITERS // PER_PASS, ITERS)
 
