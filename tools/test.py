@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -75,7 +74,7 @@ def main() -> None:
     args = parse_args()
     from hpff_dist.engine.changes import report_changes
     from hpff_dist.engine.checkpoint_files import require_checkpoint
-    from hpff_dist.engine.reporting import print_metrics_table
+    from hpff_dist.engine.reporting import jsonable_metrics, print_metrics_table
     from hpff_dist.engine.runner_factory import build_runner
 
     require_checkpoint(args.checkpoint)  # before the config is read and the data found
@@ -98,7 +97,7 @@ def main() -> None:
         print(f"pictures (image | ground truth | prediction): {args.show_dir}/")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({k: _jsonable(v) for k, v in metrics.items()}, f, indent=2)
+            json.dump(jsonable_metrics(metrics), f, indent=2)
 
 
 def apply_test_options(cfg: Any, args: argparse.Namespace) -> list:
@@ -116,7 +115,7 @@ def apply_test_options(cfg: Any, args: argparse.Namespace) -> list:
                 f"{args.config} builds {cfg.model.get('type')!r}"
             )
     if segmentation:
-        _import_segmentation_parts()
+        _import_segmentation()
     if args.slide:
         crop_h, crop_w, stride_h, stride_w = args.slide
         if min(args.slide) <= 0:
@@ -193,7 +192,7 @@ def _check_tta_model_type(cfg: Any) -> None:
 
     from hpff_dist.registry import MODELS
 
-    _import_tta()
+    _import_segmentation()
     kind = cfg.tta_model.get("type")
     with DefaultScope.overwrite_default_scope(cfg.get("default_scope") or "hpff_dist"):
         cls = MODELS.get(kind) if isinstance(kind, str) else kind
@@ -258,25 +257,9 @@ def _is_segmentation(cfg: Any) -> bool:
     return isinstance(cls, type) and issubclass(cls, BaseSegmentor)
 
 
-def _import_segmentation_parts() -> None:
-    """Register the metric, picture hook and TTA parts (``segmentation.evaluation``/``tta``)."""
-    import segmentation.evaluation  # noqa: F401
-
-    _import_tta()
-
-
-def _import_tta() -> None:
-    import segmentation.tta  # noqa: F401  (TTATestLoop, SegTTAAverage)
-
-
-def _jsonable(value: Any) -> Any:
-    """Numbers as JSON numbers (numpy scalars too), NaN as null."""
-    if isinstance(value, bool) or not hasattr(value, "__float__"):
-        return value
-    if isinstance(value, int):
-        return value
-    number = float(value)
-    return None if math.isnan(number) else number
+def _import_segmentation() -> None:
+    """Register the segmentation parts: metric, picture hook, TTATestLoop, SegTTAAverage."""
+    import segmentation  # noqa: F401
 
 
 if __name__ == "__main__":

@@ -39,7 +39,12 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     start = time.perf_counter()
-    from hpff_dist.engine.reporting import format_table, print_metrics_table, run_summary
+    from hpff_dist.engine.reporting import (
+        format_table,
+        jsonable_metrics,
+        print_metrics_table,
+        run_summary,
+    )
     from hpff_dist.engine.runner_factory import build_runner
 
     cfg = load_config(args.config, args.cfg_options, args.work_dir, args.data_root)
@@ -60,7 +65,7 @@ def main() -> None:
         if runner.rank == 0:
             print_metrics_table(metrics, title=f"test set: {os.path.basename(args.config)}")
             with open(os.path.join(cfg.work_dir, "test_metrics.json"), "w") as f:
-                json.dump(metrics, f, indent=2)
+                json.dump(jsonable_metrics(metrics), f, indent=2)
     if runner.rank == 0:
         summary = run_summary(runner, metrics, time.perf_counter() - start)
         with open(os.path.join(cfg.work_dir, "summary.json"), "w") as f:

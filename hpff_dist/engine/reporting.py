@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 from typing import Any
@@ -77,3 +78,16 @@ def run_summary(runner, metrics: dict[str, float], wall_s: float) -> dict[str, A
         summary["curves"] = _shown(curves)
     summary["tensorboard"] = f"tensorboard --logdir {_shown(work_dir)}"
     return summary
+
+
+def jsonable_metrics(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Metrics as JSON values: numbers (numpy scalars too: mmseg's IoUMetric returns
+    ``np.float32``, which ``json.dump`` refuses) as JSON numbers, NaN as null."""
+    return {key: _jsonable(value) for key, value in metrics.items()}
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (bool, int)) or not hasattr(value, "__float__"):
+        return value
+    number = float(value)
+    return None if math.isnan(number) else number
