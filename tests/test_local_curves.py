@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import REPO
 
-from hpff_dist.engine.local_curves import LocalLossCurvesHook, plot_local_curves
+from hpff_dist.engine.local_curves import LocalLossCurvesHook, metric_series, plot_local_curves
 
 
 class _Visualizer:
@@ -126,6 +126,18 @@ def test_plot_has_a_panel_per_level_and_one_for_metrics(tmp_path):
     with Image.open(path) as image:
         width, height = image.size
     assert width > 2.5 * height  # three panels side by side
+
+
+def test_plotted_metrics_leave_out_per_class_values_and_follow_iterations():
+    per_class = {"mIoU": 30.0, "aAcc": 80.0, "IoU.Coat": 5.0, "Acc.Coat": 9.0}
+    by_epoch = [{"iter": 10 * e, "epoch": e, "values": per_class} for e in (1, 2)]
+    assert metric_series(by_epoch) == (
+        "epoch",
+        {"aAcc": [(1, 80.0), (2, 80.0)], "mIoU": [(1, 30.0), (2, 30.0)]},
+    )
+    # an iteration-based run validates twice within one pass over the data
+    by_iter = [{"iter": i, "epoch": 0, "values": {"mIoU": i / 10}} for i in (200, 400)]
+    assert metric_series(by_iter) == ("iteration", {"mIoU": [(200, 20.0), (400, 40.0)]})
 
 
 def test_training_run_leaves_curves_tensorboard_and_summary(tmp_path):

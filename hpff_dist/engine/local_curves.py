@@ -118,6 +118,23 @@ class LocalLossCurvesHook(Hook):
             plot_local_curves(history, os.path.join(runner.work_dir, "local_curves.png"), title)
 
 
+def metric_series(metrics: list[dict[str, Any]]) -> tuple[str, dict[str, list[tuple]]]:
+    """The validation lines to draw: (x-axis name, {metric: [(x, value), ...]}).
+
+    Summary metrics only: per-class values ('IoU.Coat', 'Acc.Bag') stay in the JSON, nineteen
+    more lines would hide the curves a reader looks for. Iteration-based runs validate several
+    times in one pass, so their x axis is the iteration.
+    """
+    epochs = [p["epoch"] for p in metrics]
+    x_key = "epoch" if len(set(epochs)) == len(epochs) else "iter"
+    names = sorted({k for point in metrics for k in point["values"] if "." not in k})
+    series = {
+        name: [(p[x_key], p["values"][name]) for p in metrics if name in p["values"]]
+        for name in names
+    }
+    return ("epoch" if x_key == "epoch" else "iteration"), series
+
+
 def plot_local_curves(history: dict[str, list], path: str, title: str = "") -> None:
     """One panel per level with a line per module (colour = depth), and one of the metrics."""
     import matplotlib
@@ -146,12 +163,13 @@ def plot_local_curves(history: dict[str, list], path: str, title: str = "") -> N
         name = LEVEL_TITLES.get(level, f"level {level!r}")
         ax.set(title=f"{name} loss per module", xlabel="iteration", ylabel="loss")
         ax.grid(alpha=0.3)
-        fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="local module")
+        bar = fig.colorbar(cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, label="local module")
+        bar.locator = matplotlib.ticker.MaxNLocator(integer=True)
+        bar.update_ticks()
     if metrics:
         ax = axes[0][len(levels)]
-        names = sorted({k for point in metrics for k in point["values"]})
-        for name in names:
-            pts = [(p["epoch"], p["values"][name]) for p in metrics if name in p["values"]]
+        x_label, series = metric_series(metrics)
+        for name, pts in series.items():
             ax.plot(*zip(*pts, strict=True), marker="o", label=name)
             last_epoch, last_value = pts[-1]
             ax.annotate(
@@ -161,7 +179,7 @@ def plot_local_curves(history: dict[str, list], path: str, title: str = "") -> N
                 xytext=(4, -10),
                 fontsize=8,
             )
-        ax.set(title="validation", xlabel="epoch", ylabel="%")
+        ax.set(title="validation", xlabel=x_label, ylabel="%")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend()
