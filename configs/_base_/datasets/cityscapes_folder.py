@@ -6,7 +6,7 @@
 # makes them. data_root: env CITYSCAPES_ROOT, else data/cityscapes; or --cfg-options
 #   train_dataloader.dataset.data_root=... val_dataloader.dataset.data_root=...
 #
-# `CityscapesFolder` (hpff_dist/data/cityscapes.py) checks the folders and label files first and
+# `CityscapesFolder` (hpff_dist/data/cityscapes/folder.py) checks the folders and label files first and
 # names the command that fixes what is missing, then builds mmseg's dataset. Transform types are
 # written with mmseg's scope ("mmseg.RandomCrop"): under our default scope an unscoped name would
 # find ours first (torchvision's RandomCrop has other arguments), so the scope says whose it is;
