@@ -5,12 +5,5 @@
 _base_ = [
     "../_base_/models/deeplabv3_r101_d8.py",
     "../_base_/datasets/cityscapes_folder.py",
-    "../_base_/schedules/seg_40k.py",
-    "../_base_/default_runtime.py",
+    "../_base_/schedules/seg_40k.py",  # with the iteration-based runtime
 ]
-# Iteration-based logging and checkpoints (every 4k iterations, as mmseg's schedule_40k).
-default_hooks = dict(
-    logger=dict(type="LoggerHook", interval=50, log_metric_by_epoch=False),
-    checkpoint=dict(type="CheckpointHook", by_epoch=False, interval={{_base_.checkpoint_interval}}, max_keep_ckpts=3),
-)
-log_processor = dict(by_epoch=False)

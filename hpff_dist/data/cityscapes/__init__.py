@@ -13,6 +13,7 @@ from hpff_dist.data.cityscapes.folder import (
     check_label_values,
     convert_command,
 )
+from hpff_dist.data.cityscapes.webdataset_loader import CityscapesShards, ShardMemberBackend
 
 #: Backend names; ``configs/_base_/datasets/cityscapes_<backend>.py`` configures each.
 BACKENDS = ("folder", "webdataset", "dali")
@@ -21,6 +22,8 @@ __all__ = [
     "BACKENDS",
     "CityscapesFolder",
     "CityscapesLayoutError",
+    "CityscapesShards",
+    "ShardMemberBackend",
     "check_label_values",
     "convert_command",
 ]

@@ -32,7 +32,13 @@ import numpy as np
 from hpff_dist.data.errors import CorruptDataError
 from hpff_dist.registry import DATASETS
 
-__all__ = ["CityscapesLayoutError", "CityscapesFolder", "check_label_values", "convert_command"]
+__all__ = [
+    "CityscapesLayoutError",
+    "CityscapesFolder",
+    "check_label_values",
+    "check_pipeline_labels",
+    "convert_command",
+]
 
 IMG_SUFFIX = "_leftImg8bit.png"
 TRAIN_IDS_SUFFIX = "_gtFine_labelTrainIds.png"
@@ -131,6 +137,18 @@ def check_label_values(seg: np.ndarray, path: str, num_classes: int) -> None:
         )
 
 
+def check_same_size(label_shape: tuple, image_shape: tuple | None, results: dict) -> None:
+    """Refuse a label map whose size differs from its image's: mmseg would resize and crop the
+    two by different amounts and train on a misaligned pair without a word."""
+    if image_shape is not None and tuple(label_shape) != tuple(image_shape[:2]):
+        raise CorruptDataError(
+            f"{results['seg_map_path']}: label map {label_shape[1]}x{label_shape[0]} but "
+            f"image {results.get('img_path')} is {image_shape[1]}x{image_shape[0]} (w x h): "
+            "the pair does not belong together; re-make the label file "
+            f"({convert_command(_root_of(results['seg_map_path']))} for Cityscapes)"
+        )
+
+
 class CheckedLabels:
     """A ``LoadAnnotations`` whose loaded ``gt_seg_map`` is checked by
     :func:`check_label_values` (wrapped, not subclassed: the pipeline keeps mmseg's object)."""
@@ -142,7 +160,9 @@ class CheckedLabels:
     def __call__(self, results: dict) -> dict:
         results = self.load(results)
         if results is not None and "gt_seg_map" in results:
-            check_label_values(results["gt_seg_map"], results["seg_map_path"], self.num_classes)
+            seg = results["gt_seg_map"]
+            check_label_values(seg, results["seg_map_path"], self.num_classes)
+            check_same_size(seg.shape[:2], results.get("ori_shape"), results)
         return results
 
     def __repr__(self) -> str:
@@ -237,11 +257,17 @@ def CityscapesFolder(
     if not kwargs.get("lazy_init", False):
         check_dataset_files(dataset, root, prefix, seg_map_suffix)
     if check_labels:
-        from mmseg.datasets.transforms import LoadAnnotations
-
-        num_classes = len(dataset.metainfo["classes"])
-        _check_label_loading(dataset.pipeline.transforms, LoadAnnotations, num_classes)
+        check_pipeline_labels(dataset)
     return dataset
+
+
+def check_pipeline_labels(dataset: Any) -> None:
+    """Make every ``LoadAnnotations`` of ``dataset``'s pipeline check the values and size of
+    the label maps it loads (:class:`CheckedLabels`, in place)."""
+    from mmseg.datasets.transforms import LoadAnnotations
+
+    num_classes = len(dataset.metainfo["classes"])
+    _check_label_loading(dataset.pipeline.transforms, LoadAnnotations, num_classes)
 
 
 def check_dataset_files(dataset: Any, root: Path, prefix: Mapping[str, str], suffix: str) -> None:

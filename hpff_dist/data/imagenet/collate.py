@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import default_collate
@@ -12,13 +13,17 @@ from hpff_dist.registry import FUNCTIONS
 
 
 class SkipBadCollate:
-    """``default_collate`` over the good samples; a batch keeps its place even if it shrinks.
+    """``collate`` (default: ``default_collate``, labels as int64) over the good samples; a batch
+    keeps its place even if it shrinks.
 
     Keeping every batch (possibly smaller) keeps the number of steps per rank fixed, so a skipped
     sample never makes one rank wait for another.
     """
 
-    def __call__(self, batch: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
+    def __init__(self, collate: Callable[[list], Any] | None = None) -> None:
+        self.collate = collate
+
+    def __call__(self, batch: Sequence) -> Any:
         good = [sample for sample in batch if sample is not None]
         if not good:
             # An empty batch cannot go through BatchNorm or a loss; a whole batch of bad samples
@@ -27,6 +32,8 @@ class SkipBadCollate:
                 f"all {len(batch)} samples of a batch were bad (each was reported above with its "
                 "shard and key): the shard is damaged; re-create it with tools/make_shards.py"
             )
+        if self.collate is not None:
+            return self.collate(good)
         images, labels = default_collate(good)
         return images, labels.long()
 
@@ -37,3 +44,12 @@ def skip_bad_collate(batch: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
     ``collate_fn=dict(type='hpff_dist.imagenet_skip_bad_collate')``. The scope prefix is
     needed because the Runner looks collate functions up in mmengine's root registry."""
     return SkipBadCollate()(batch)
+
+
+@FUNCTIONS.register_module(name="seg_skip_bad_collate")
+def seg_skip_bad_collate(batch: Sequence) -> dict:
+    """mmengine's ``pseudo_collate`` (what mmseg's loaders use) over the samples a shard
+    dataset did not mark bad: ``collate_fn=dict(type='hpff_dist.seg_skip_bad_collate')``."""
+    from mmengine.dataset import pseudo_collate
+
+    return SkipBadCollate(pseudo_collate)(batch)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import tarfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from hpff_dist.data.imagenet.shards import (
 )
 
 _IMAGE_EXTS = frozenset(IMAGE_EXTS.split(";"))
+CLASSIFICATION_MEMBERS = ("cls", "label")  # ImageFolderLayout.members
 REMAKE_HINT = (
     "Re-make it: `python tools/make_shards.py SRC OUT --split {split} --resume` (with the "
     "arguments the set was made with) rewrites truncated or damaged shards; "
@@ -82,14 +84,17 @@ def read_members(tar_path: str) -> tuple[list[tarfile.TarInfo], str | None]:
     return members, None
 
 
-def group_samples(members: list[tarfile.TarInfo]) -> tuple[list[str], str | None]:
-    """Keys of the complete samples in order, and the first sample that lacks its image,
-    ``.cls`` or ``.label``."""
+def group_samples(
+    members: list[tarfile.TarInfo], required: Sequence[str] = CLASSIFICATION_MEMBERS
+) -> tuple[list[str], str | None]:
+    """Keys of the complete samples in order (an image and every ``required`` member), and
+    the first sample that lacks one."""
     parts: dict[str, set[str]] = {}
     for info in members:
         key = key_of(info.name)
         parts.setdefault(key, set()).add(info.name[len(key) + 1 :])
-    complete = [k for k, exts in parts.items() if {"cls", "label"} <= exts and exts & _IMAGE_EXTS]
+    need = set(required)
+    complete = [k for k, exts in parts.items() if need <= exts and exts & _IMAGE_EXTS]
     broken = [k for k in parts if k not in complete]
     problem = f"sample {broken[0]} has only {sorted(parts[broken[0]])}" if broken else None
     return complete, problem
@@ -125,14 +130,18 @@ def bad_images(tar_path: str, members: list[tarfile.TarInfo]) -> list[tuple[str,
 
 
 def check_shard(
-    tar_path: str, expected: int | None = None, decode: bool = False, size: int | None = None
+    tar_path: str,
+    expected: int | None = None,
+    decode: bool = False,
+    size: int | None = None,
+    members: Sequence[str] = CLASSIFICATION_MEMBERS,
 ) -> ShardCheck:
     """Structure, sample count and size (against the manifest's ``expected`` and ``size``), index
-    and, with ``decode``, the images."""
+    and, with ``decode``, the images. ``members``: what every sample has besides its image."""
     if not os.path.isfile(tar_path):
         return ShardCheck(tar_path, problem="missing")
-    members, problem = read_members(tar_path)
-    keys, sample_problem = group_samples(members)
+    tar_members, problem = read_members(tar_path)
+    keys, sample_problem = group_samples(tar_members, members)
     check = ShardCheck(tar_path, keys, problem or sample_problem)
     if check.problem is None and expected is not None and len(keys) != expected:
         check.problem = f"{len(keys)} samples, the manifest says {expected}"
@@ -142,17 +151,20 @@ def check_shard(
     if check.problem is None:
         check.index_problem = index_problem(tar_path, len(keys))
         if decode:
-            check.bad_images = bad_images(tar_path, members)
+            check.bad_images = bad_images(tar_path, tar_members)
     return check
 
 
 def check_split(root: str | Path, split: str, decode: bool = False) -> list[ShardCheck]:
     """Check every shard the manifest of ``split`` lists."""
     with open(Path(root) / MANIFEST_PATTERN.format(split=split)) as f:
-        records = json.load(f)["shards"]
+        manifest = json.load(f)
+    members = manifest.get("members", CLASSIFICATION_MEMBERS)  # sets made before it was recorded
     return [
-        check_shard(str(Path(root) / r["url"]), int(r["nsamples"]), decode, r.get("filesize"))
-        for r in records
+        check_shard(
+            str(Path(root) / r["url"]), int(r["nsamples"]), decode, r.get("filesize"), members
+        )
+        for r in manifest["shards"]
     ]
 
 

@@ -1,59 +1,47 @@
-"""Webdataset shards of an ImageFolder tree: planning, writing, verifying, and finding them again.
+"""ImageNet-layout folders (or any ImageFolder) as webdataset shards, and finding them again.
 
-Layout written into ``OUT`` for a split (``train`` shown)::
-
-    train-000000.tar   samples ``<key>.jpg`` + ``<key>.cls`` (ASCII class index, for webdataset
-                       and wids) + ``<key>.label`` (little-endian int32, because DALI's
-                       ``fn.readers.webdataset`` cannot parse ASCII)
-    train-000000.idx   DALI index (``wds2idx`` format, written by DALI's own ``wds2idx`` tool)
-    train-wids.json    wids dataset descriptor (``wids.ShardListDataset`` can open it directly)
-    manifest-train.json  shard list, sample counts per split and per class, plan fingerprint,
-                       the source images skipped because they do not decode
-    classes.json       class index -> wnid / folder name
-
-The whole split is planned before anything is written, so shard ``i`` always holds the same
-samples for the same arguments: that makes ``--resume`` safe (a finished shard is kept once
-:func:`~hpff_dist.data.imagenet.shard_checks.check_shard` finds it whole, a truncated one is
-rewritten, a half-written one was never renamed from ``*.tar.tmp``) and makes shards reproducible.
-Every image is decoded before it is written (the bytes are stored unchanged): an image that does
-not decode is reported with its source path, and skipped within a budget (``max_bad``) or stops
-the run.
+Written by the split driver of :mod:`hpff_dist.data.shard_writer` (plan, atomic writes,
+``--resume``, verification, manifest) with :class:`ImageFolderLayout`; each sample is
+``<key>.jpg`` + ``<key>.cls`` (ASCII class index, for webdataset and wids) + ``<key>.label``
+(little-endian int32, because DALI's ``fn.readers.webdataset`` cannot parse ASCII), and
+``classes.json`` maps class index -> wnid / folder name. Every image is decoded before it is
+written (the bytes are stored unchanged): one that does not decode is reported with its source
+path, and skipped within a budget (``max_bad``) or stops the run.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
-import random
-import re
 import tarfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
-from multiprocessing import Pool
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import webdataset as wds
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
-from tqdm import tqdm
 
-from hpff_dist.data.imagenet.errors import (
-    LOGGER,
-    MAKE_SHARDS_HINT,
-    BadSampleError,
-    DataNotFoundError,
+from hpff_dist.data.imagenet.errors import MAKE_SHARDS_HINT, DataNotFoundError
+from hpff_dist.data.shard_writer import (  # noqa: F401  (re-exported: the shard set's API)
+    CLASSES_FILE,
+    MANIFEST_PATTERN,
+    SHARD_PATTERN,
+    TAR_BLOCK,
+    WIDS_PATTERN,
+    ShardSize,
+    index_path_for,
+    parse_shard_size,
+    plan_fingerprint,
+    plan_shards,
+    tar_bytes,
+    write_dali_index,
+    write_json,
+    write_split_shards,
 )
 
-SHARD_PATTERN = "{split}-{index:06d}.tar"
-MANIFEST_PATTERN = "manifest-{split}.json"
-WIDS_PATTERN = "{split}-wids.json"
-CLASSES_FILE = "classes.json"
 IMAGE_EXTS = "jpg;jpeg;png;webp;bmp"  # what the readers accept as the image of a sample
-TAR_BLOCK = 512
-_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
 
 @dataclass(frozen=True)
@@ -66,28 +54,13 @@ class SourceSample:
     ext: str
     size: int
 
+    @property
+    def tar_bytes(self) -> int:
+        return tar_bytes([self.size, len(b"%d" % self.label), 4])
 
-@dataclass(frozen=True)
-class ShardSize:
-    """A shard limit: ``value`` samples or ``value`` bytes."""
-
-    value: int
-    unit: str  # "samples" | "bytes"
-
-
-def parse_shard_size(text: str) -> ShardSize:
-    """``"1000"`` -> 1000 samples; ``"500MB"``/``"1GiB"``/``"4096B"`` -> bytes."""
-    match = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", str(text))
-    if not match:
-        raise ValueError(f"shard size {text!r}: expected e.g. 1000 (samples) or 500MB (bytes)")
-    value, unit = int(match.group(1)), match.group(2).lower()
-    if value < 1:
-        raise ValueError(f"shard size must be positive, got {text!r}")
-    if not unit:
-        return ShardSize(value, "samples")
-    if unit not in _UNITS:
-        raise ValueError(f"shard size unit {unit!r} not in {sorted(_UNITS)}")
-    return ShardSize(value * _UNITS[unit], "bytes")
+    @property
+    def plan_line(self) -> str:
+        return f"{self.key}\t{self.ext}\t{self.label}\t{self.size}"
 
 
 def split_source_dir(src: str | Path, split: str) -> Path:
@@ -130,43 +103,6 @@ def list_image_folder(root: str | Path) -> tuple[list[str], list[SourceSample]]:
     return classes, samples
 
 
-def _tar_bytes(sample: SourceSample) -> int:
-    """Bytes a sample takes in a tar: a header + padded payload for each of its 3 members."""
-    padded = -(-sample.size // TAR_BLOCK) * TAR_BLOCK
-    return 3 * TAR_BLOCK + padded + 2 * TAR_BLOCK
-
-
-def plan_shards(
-    samples: Sequence[SourceSample], shard_size: ShardSize, shuffle_seed: int | None = None
-) -> list[list[SourceSample]]:
-    """Group samples into shards; sorted order, or a seeded shuffle (train shards want mixing)."""
-    ordered = list(samples)
-    if shuffle_seed is not None:
-        random.Random(shuffle_seed).shuffle(ordered)
-    shards: list[list[SourceSample]] = []
-    current: list[SourceSample] = []
-    current_bytes = 0
-    for sample in ordered:
-        cost = 1 if shard_size.unit == "samples" else _tar_bytes(sample)
-        if current and current_bytes + cost > shard_size.value:
-            shards.append(current)
-            current, current_bytes = [], 0
-        current.append(sample)
-        current_bytes += cost
-    if current:
-        shards.append(current)
-    return shards
-
-
-def plan_fingerprint(shards: Sequence[Sequence[SourceSample]]) -> str:
-    """Hash of the plan: ``--resume`` refuses to mix shards of two different plans."""
-    digest = hashlib.sha256()
-    for index, shard in enumerate(shards):
-        for s in shard:
-            digest.update(f"{index}\t{s.key}\t{s.ext}\t{s.label}\t{s.size}\n".encode())
-    return digest.hexdigest()
-
-
 def label_bytes(label: int) -> bytes:
     """The ``.label`` member: one little-endian int32, what DALI reads with ``dtypes=INT32``."""
     return np.asarray([label], dtype="<i4").tobytes()
@@ -187,91 +123,69 @@ def decode_error(data: bytes) -> str | None:
     return None
 
 
-def bad_image_entry(sample: SourceSample, shard: str, error: str) -> dict:
-    """How a skipped source image is logged and listed in the manifest."""
-    return {"path": sample.path, "key": sample.key, "shard": shard, "error": error}
+class ImageFolderLayout:
+    """An ImageFolder sample in a shard: the image as stored, ``.cls`` and ``.label``."""
+
+    members = ("cls", "label")
+
+    def read(self, sample: SourceSample, check: bool) -> tuple[dict[str, bytes], str | None]:
+        with open(sample.path, "rb") as f:
+            image = f.read()
+        error = decode_error(image) if check else None
+        if error:
+            return {}, error
+        return {
+            sample.ext: image,
+            "cls": b"%d" % sample.label,
+            "label": label_bytes(sample.label),
+        }, None
+
+    def read_back(self, tar_path: str) -> list[tuple[str, int]]:
+        return list(read_labels(tar_path))
+
+    def expected(self, sample: SourceSample) -> tuple[str, int]:
+        return sample.key, sample.label
+
+    def summary(self, written: Sequence[SourceSample], classes: Sequence[str]) -> dict:
+        per_class = Counter(classes[s.label] for s in written)
+        return {"per_class": dict(sorted(per_class.items()))}
 
 
-def too_many_bad_images(entry: dict, count: int, max_bad: int) -> BadSampleError:
-    return BadSampleError(
-        f"bad image {entry['path']} ({entry['error']}): bad image {count} exceeds max_bad="
-        f"{max_bad}. Replace or delete it and rerun into an empty output directory, or rerun "
-        "with --resume --max-bad N (tools/make_shards.py) to skip up to N bad images; skipped "
-        "ones are logged and listed under 'skipped' in the split's manifest."
-    )
+def make_split_shards(
+    src: str | Path,
+    out: str | Path,
+    split: str,
+    shard_size: ShardSize,
+    resume: bool = False,
+    shuffle_seed: int | None = None,
+    workers: int = 1,
+    progress: bool = True,
+    max_bad: int = 0,
+    check_images: bool = True,
+) -> dict:
+    """Shard one split of an ImageFolder ``src`` into ``out``; return (and write) its manifest.
 
-
-def _record(tar_path: str, nsamples: int) -> dict:
-    return {
-        "url": os.path.basename(tar_path),
-        "index": os.path.basename(index_path_for(tar_path)),
-        "nsamples": nsamples,
-        "filesize": os.path.getsize(tar_path),
-    }
-
-
-def write_shard(
-    tar_path: str, samples: Sequence[SourceSample], max_bad: int = 0, check_images: bool = True
-) -> tuple[dict, list[dict]]:
-    """Write one shard atomically (``*.tmp`` then rename) and its DALI index.
-
-    Returns its record and the images skipped because they do not decode; more than
-    ``max_bad`` of them in this shard alone stop here (the caller counts across shards).
+    ``max_bad`` images that do not decode are skipped (logged with their source path, listed in
+    the manifest); one more stops the run. ``check_images=False`` writes images undecoded.
     """
-    from wds2idx import IndexCreator  # DALI's own index writer, shipped with nvidia-dali
-
-    tmp = tar_path + ".tmp"
-    try:
-        skipped = _write_tar(tmp, samples, os.path.basename(tar_path), max_bad, check_images)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    os.replace(tmp, tar_path)
-    write_dali_index(tar_path, IndexCreator)
-    return _record(tar_path, len(samples) - len(skipped)), skipped
-
-
-def _write_tar(
-    path: str, samples: Sequence[SourceSample], shard: str, max_bad: int, check_images: bool
-) -> list[dict]:
-    """Write the samples' original bytes, leaving out images that do not decode."""
-    skipped: list[dict] = []
-    with open(path, "wb") as stream, wds.TarWriter(stream, encoder=False, mtime=0) as writer:
-        for s in samples:
-            with open(s.path, "rb") as f:
-                image = f.read()
-            error = decode_error(image) if check_images else None
-            if error:
-                skipped.append(bad_image_entry(s, shard, error))
-                if len(skipped) > max_bad:
-                    raise too_many_bad_images(skipped[-1], len(skipped), max_bad)
-                continue
-            writer.write(
-                {
-                    "__key__": s.key,
-                    s.ext: image,
-                    "cls": b"%d" % s.label,
-                    "label": label_bytes(s.label),
-                }
-            )
-    return skipped
-
-
-def index_path_for(tar_path: str) -> str:
-    return tar_path[: -len(".tar")] + ".idx"
-
-
-def write_dali_index(tar_path: str, index_creator: type | None = None) -> str:
-    """DALI index next to the shard, written atomically with DALI's ``wds2idx.IndexCreator``."""
-    if index_creator is None:
-        from wds2idx import IndexCreator as index_creator
-    final = index_path_for(tar_path)
-    tmp = final + ".tmp"
-    with index_creator(tar_path, tmp, verbose=False) as creator:
-        creator.create_index()
-    os.replace(tmp, final)
-    return final
+    classes, samples = list_image_folder(split_source_dir(src, split))
+    if not samples:
+        raise DataNotFoundError(f"no images found for split {split!r} under {src}")
+    return write_split_shards(
+        samples,
+        classes,
+        out,
+        split,
+        shard_size,
+        ImageFolderLayout(),
+        source=str(src),
+        resume=resume,
+        shuffle_seed=shuffle_seed,
+        workers=workers,
+        progress=progress,
+        max_bad=max_bad,
+        check=check_images,
+    )
 
 
 def read_dali_index(idx_path: str) -> list[list[tuple[str, int, int]]]:
@@ -308,33 +222,25 @@ def read_labels(tar_path: str) -> Iterator[tuple[str, int]]:
             yield name[: -len(".label")], int(label)
 
 
-def write_json(path: str | Path, data: dict) -> None:
-    """Atomic JSON write: a killed run never leaves half a manifest."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
-
-
-def load_manifest(root: str | Path, split: str) -> dict:
+def load_manifest(root: str | Path, split: str, hint: str = MAKE_SHARDS_HINT) -> dict:
     """The manifest of ``split`` under ``root``; a clear error when the shards are not there."""
     root = Path(root)
     path = root / MANIFEST_PATTERN.format(split=split)
     if not root.is_dir():
-        raise DataNotFoundError(f"shard directory {root} does not exist. {MAKE_SHARDS_HINT}")
+        raise DataNotFoundError(f"shard directory {root} does not exist. {hint}")
     if not path.is_file():
         found = sorted(p.name for p in root.glob(f"{split}-*.tar"))
         state = f"found {len(found)} shard(s) but no manifest" if found else "found no shards"
         raise DataNotFoundError(
             f"{root}: {state} for split {split!r} (expected {path.name} next to "
-            f"{SHARD_PATTERN.format(split=split, index=0)}, ...). {MAKE_SHARDS_HINT}"
+            f"{SHARD_PATTERN.format(split=split, index=0)}, ...). {hint}"
         )
     with open(path) as f:
         manifest = json.load(f)
     for record in manifest["shards"]:
         tar = root / record["url"]
         if not tar.is_file():
-            raise DataNotFoundError(f"{tar} is listed in {path} but missing. {MAKE_SHARDS_HINT}")
+            raise DataNotFoundError(f"{tar} is listed in {path} but missing. {hint}")
     return manifest
 
 
@@ -357,10 +263,10 @@ class ShardedSplit:
         return [{"url": t, "nsamples": n} for t, n in zip(self.tars, self.nsamples)]
 
 
-def find_split(root: str | Path, split: str) -> ShardedSplit:
+def find_split(root: str | Path, split: str, hint: str = MAKE_SHARDS_HINT) -> ShardedSplit:
     """Locate the shards of ``split`` under ``root`` through its manifest."""
     root = Path(root)
-    manifest = load_manifest(root, split)
+    manifest = load_manifest(root, split, hint)
     records = manifest["shards"]
     classes_path = root / CLASSES_FILE
     with open(classes_path) as f:
@@ -373,208 +279,6 @@ def find_split(root: str | Path, split: str) -> ShardedSplit:
         classes=[class_map[str(i)] for i in range(len(class_map))],
         filesizes=[int(r["filesize"]) for r in records] if "filesize" in records[0] else None,
     )
-
-
-def manifest_for(
-    split: str,
-    shards: Sequence[Sequence[SourceSample]],
-    records: Sequence[dict],
-    classes: Sequence[str],
-    fingerprint: str,
-    shard_size: ShardSize,
-    shuffle_seed: int | None,
-    skipped: Sequence[dict] = (),
-) -> dict:
-    left_out = {entry["key"] for entry in skipped}
-    written = [s for shard in shards for s in shard if s.key not in left_out]
-    per_class = Counter(classes[s.label] for s in written)
-    return {
-        "format": "hpff_dist.shards/1",
-        "split": split,
-        "num_samples": len(written),
-        "num_shards": len(shards),
-        "num_classes": len(classes),
-        "per_class": dict(sorted(per_class.items())),
-        "shards": list(records),
-        "skipped": sorted(skipped, key=lambda entry: entry["key"]),
-        "plan": {
-            "fingerprint": fingerprint,
-            "shard_size": asdict(shard_size),
-            "seed": shuffle_seed,
-        },
-    }
-
-
-def _write_task(task: tuple[str, list[SourceSample], int, bool]) -> tuple[dict, list[dict]]:
-    return write_shard(*task)
-
-
-def _finished_shard(
-    tar_path: str, samples: Sequence[SourceSample], check_images: bool
-) -> tuple[dict, list[dict]] | None:
-    """Record and skipped images of a finished shard kept by ``--resume``; None to rewrite it.
-
-    A shard is kept when its tar is whole, holds only planned samples, and every planned sample
-    it lacks still fails to decode (it was skipped as bad when the shard was written).
-    """
-    from hpff_dist.data.imagenet.shard_checks import check_shard  # imports this module
-
-    name = os.path.basename(tar_path)
-    check = check_shard(tar_path)
-    found = set(check.keys)
-    planned = {s.key for s in samples}
-    if check.problem is None and not found <= planned:
-        check.problem = "it holds samples that are not in the plan"
-    missing = [s for s in samples if s.key not in found]
-    errors = [_decode_file(s.path) if check_images else None for s in missing]
-    if check.problem is None and not all(errors):
-        check.problem = f"it lacks {errors.count(None)} planned sample(s) that decode"
-    if check.problem:
-        LOGGER.warning("--resume: rewriting %s: %s", tar_path, check.problem)
-        return None
-    if check.index_problem:  # killed between the tar rename and the index rename
-        write_dali_index(tar_path)
-    skipped = [bad_image_entry(s, name, e) for s, e in zip(missing, errors)]
-    return _record(tar_path, len(found)), skipped
-
-
-def _decode_file(path: str) -> str | None:
-    with open(path, "rb") as f:
-        return decode_error(f.read())
-
-
-def verify_split(
-    out: Path,
-    shards: Sequence[Sequence[SourceSample]],
-    records: Sequence[dict],
-    skipped: Sequence[dict] = (),
-) -> None:
-    """Read every shard's keys and int32 labels back and compare with the plan; raise on mismatch."""
-    left_out = {entry["key"] for entry in skipped}
-    for shard, record in zip(shards, records):
-        expected = [(s.key, s.label) for s in shard if s.key not in left_out]
-        got = list(read_labels(str(out / record["url"])))
-        if got != expected:
-            missing = sorted(set(expected) - set(got))[:3]
-            raise RuntimeError(
-                f"{record['url']}: {len(got)} samples read back, {len(expected)} planned "
-                f"(first missing/different: {missing}); delete it and rerun with --resume"
-            )
-
-
-def make_split_shards(
-    src: str | Path,
-    out: str | Path,
-    split: str,
-    shard_size: ShardSize,
-    resume: bool = False,
-    shuffle_seed: int | None = None,
-    workers: int = 1,
-    progress: bool = True,
-    max_bad: int = 0,
-    check_images: bool = True,
-) -> dict:
-    """Shard one split of ``src`` into ``out``; return (and write) its manifest.
-
-    ``max_bad`` images that do not decode are skipped (logged with their source path, listed in
-    the manifest); one more stops the run. ``check_images=False`` writes images undecoded.
-    """
-    if max_bad < 0:
-        raise ValueError(f"max_bad must be >= 0, got {max_bad}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    classes, samples = list_image_folder(split_source_dir(src, split))
-    if not samples:
-        raise DataNotFoundError(f"no images found for split {split!r} under {src}")
-    class_map = {str(i): name for i, name in enumerate(classes)}
-    classes_path = out / CLASSES_FILE
-    if classes_path.exists():
-        with open(classes_path) as f:
-            if json.load(f) != class_map:
-                raise ValueError(f"{classes_path} lists other classes than {src} ({split})")
-    else:
-        write_json(classes_path, class_map)
-
-    shards = plan_shards(samples, shard_size, shuffle_seed)
-    fingerprint = plan_fingerprint(shards)
-    plan_path = out / f".{split}-plan.json"
-    existing = sorted(out.glob(f"{split}-*.tar"))
-    if existing and not resume:
-        raise FileExistsError(
-            f"{out} already has {len(existing)} {split} shard(s); pass --resume to finish them "
-            "or choose an empty output directory"
-        )
-    if resume and plan_path.exists():
-        with open(plan_path) as f:
-            if json.load(f)["fingerprint"] != fingerprint:
-                raise ValueError(
-                    f"--resume: the shards in {out} were planned from other data or arguments "
-                    "(plan fingerprint differs); use an empty output directory"
-                )
-    write_json(plan_path, {"fingerprint": fingerprint})
-
-    tars = [str(out / SHARD_PATTERN.format(split=split, index=i)) for i in range(len(shards))]
-    records: list[dict | None] = [None] * len(shards)
-    skipped: list[dict] = []
-    todo = []
-    for i, (tar, shard) in enumerate(zip(tars, shards)):
-        kept = _finished_shard(tar, shard, check_images) if resume and os.path.isfile(tar) else None
-        if kept is None:
-            todo.append(i)
-            continue
-        records[i] = kept[0]
-        _count_bad(skipped, kept[1], max_bad)
-    bar = tqdm(
-        total=len(shards),
-        initial=len(shards) - len(todo),
-        unit="shard",
-        desc=f"{split} shards",
-        disable=not progress,
-    )
-    tasks = [(tars[i], shards[i], max_bad, check_images) for i in todo]
-    if workers > 1 and len(tasks) > 1:
-        with Pool(workers) as pool:
-            for i, (record, bad) in zip(todo, pool.imap(_write_task, tasks)):
-                records[i] = record
-                _count_bad(skipped, bad, max_bad)
-                bar.update()
-    else:
-        for i, task in zip(todo, tasks):
-            records[i], bad = _write_task(task)
-            _count_bad(skipped, bad, max_bad)
-            bar.update()
-    bar.close()
-
-    verify_split(out, shards, records, skipped)
-    manifest = manifest_for(
-        split, shards, records, classes, fingerprint, shard_size, shuffle_seed, skipped
-    )
-    write_json(out / MANIFEST_PATTERN.format(split=split), manifest)
-    wids_spec = {
-        "wids_version": 1,
-        "name": split,
-        "shardlist": [
-            {"url": r["url"], "nsamples": r["nsamples"], "filesize": r["filesize"]} for r in records
-        ],
-    }
-    write_json(out / WIDS_PATTERN.format(split=split), wids_spec)
-    return manifest
-
-
-def _count_bad(skipped: list[dict], new: Sequence[dict], max_bad: int) -> None:
-    """Add one shard's skipped images to the run's, logging each; raise past ``max_bad``."""
-    for entry in new:
-        skipped.append(entry)
-        if len(skipped) > max_bad:
-            raise too_many_bad_images(entry, len(skipped), max_bad)
-        LOGGER.warning(
-            "skipped bad image %d/%d: %s (%s): %s",
-            len(skipped),
-            max_bad,
-            entry["path"],
-            entry["shard"],
-            entry["error"],
-        )
 
 
 def _check_image(tar: str, components: list[tuple[str, int, int]]) -> tuple[str, str] | None:
