@@ -15,6 +15,7 @@ so and reports only that count.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import os.path as osp
@@ -51,12 +52,11 @@ class PerClassIoUMetric(IoUMetric):
         for sample in data_samples:
             pred = sample["pred_sem_seg"]["data"].squeeze()
             if self.format_only or "gt_sem_seg" not in sample:
-                self.results.append(None)
+                areas = None
             else:
                 label = sample["gt_sem_seg"]["data"].squeeze().to(pred)
-                self.results.append(
-                    self.intersect_and_union(pred, label, num_classes, self.ignore_index)
-                )
+                areas = self.intersect_and_union(pred, label, num_classes, self.ignore_index)
+            self.results.append((sample.get("img_path"), areas))
             if self.output_dir is not None:
                 self._write_label_png(sample, pred)
 
@@ -71,9 +71,44 @@ class PerClassIoUMetric(IoUMetric):
         mask = pred.cpu().numpy() + (1 if sample.get("reduce_zero_label", False) else 0)
         Image.fromarray(mask.astype(np.uint8)).save(osp.join(self.output_dir, name))
 
+    def evaluate(self, size: int) -> dict:
+        """mmengine's evaluation, with each image counted once whatever the loader's split.
+
+        mmengine collects the ranks' results interleaved and keeps the first ``size``: right
+        for ``DefaultSampler``'s interleaved split, wrong for loaders that give each rank a
+        contiguous block padded at its end (DALI's readers, shard-local samplers), where a
+        real image would be dropped and a padded repeat counted. So every result is
+        collected (the total over ranks) and repeats are removed by image path.
+        """
+        from mmengine.dist import all_reduce, get_world_size
+
+        self._dataset_size = size
+        total = torch.tensor(len(self.results), dtype=torch.int64)
+        if get_world_size() > 1:
+            all_reduce(total)
+        return super().evaluate(int(total))
+
+    def _unique(self, results: list) -> list:
+        """The per-image areas, each image once (by path; the first ``size`` without paths)."""
+        size = getattr(self, "_dataset_size", len(results))
+        if any(key is None for key, _ in results):
+            return [areas for _, areas in results[:size]]
+        unique: dict[str, Any] = {}
+        for key, areas in results:
+            unique.setdefault(key, areas)
+        if len(unique) != size:
+            print_log(
+                f"PerClassIoUMetric: {len(unique)} distinct images evaluated, the dataset "
+                f"has {size}",
+                "current",
+                logging.WARNING,
+            )
+        return list(unique.values())
+
     def compute_metrics(self, results: list) -> dict[str, float]:
         """``aAcc``, ``m<metric>``, ``<metric>.<class>`` for every class (percent), and
         ``images_without_labels`` when some had none."""
+        results = self._unique(results)
         labelled = [r for r in results if r is not None]
         unlabelled = len(results) - len(labelled)
         if self.format_only:
@@ -140,7 +175,9 @@ def prediction_path(out_dir: str, img_path: str, img_root: str | None) -> str:
     """``out_dir/<img_path relative to the dataset's image folder>`` as a PNG (so
     ``city/name.png``), or ``out_dir/<basename>.png`` for an image outside it."""
     rel = osp.basename(img_path)
-    if img_root:
+    if "#" in img_path:  # a shard member (wds://<shard>#<city>/<stem>.png): its key
+        rel = img_path.rpartition("#")[2]
+    elif img_root:
         candidate = osp.relpath(osp.abspath(img_path), osp.abspath(img_root))
         if not candidate.startswith(".."):
             rel = candidate
@@ -187,7 +224,7 @@ class SegPredictionPictures(Hook):
                 )
             pred = _label_map(sample.pred_sem_seg.data)
             truth = _label_map(sample.gt_sem_seg.data) if "gt_sem_seg" in sample else None
-            with Image.open(img_path) as image:
+            with _open_image(img_path, data_batch, index) as image:
                 rgb = image.convert("RGB")
                 if rgb.size != (pred.shape[1], pred.shape[0]):
                     rgb = rgb.resize((pred.shape[1], pred.shape[0]), Image.BILINEAR)
@@ -211,6 +248,22 @@ class SegPredictionPictures(Hook):
 def _label_map(data: torch.Tensor) -> np.ndarray:
     """(1, H, W) or (H, W) class ids -> (H, W) numpy array."""
     return data.squeeze(0).cpu().numpy() if data.dim() == 3 else data.cpu().numpy()
+
+
+def _open_image(img_path: str, data_batch: Any, index: int) -> Image.Image:
+    """The image a prediction is drawn beside: the file (or a ``wds://`` shard member) through
+    mmengine's file backends, else the batch's own input (a DALI batch names the image by its
+    path inside the dataset, which need not exist here)."""
+    from mmengine import fileio
+
+    try:
+        return Image.open(io.BytesIO(fileio.get(img_path)))
+    except (FileNotFoundError, OSError):
+        inputs = data_batch.get("inputs") if isinstance(data_batch, dict) else None
+        if not inputs or index >= len(inputs) or isinstance(inputs[0], (list, tuple)):
+            raise
+        bgr = inputs[index].permute(1, 2, 0).cpu().numpy()
+        return Image.fromarray(np.ascontiguousarray(bgr[..., ::-1]))
 
 
 def _batch_img_path(data_batch: Any, index: int) -> str | None:

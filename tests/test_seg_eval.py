@@ -547,3 +547,36 @@ def test_two_process_evaluation_equals_one_process(tta_single, config_file, chec
     for name, picture in single_pictures.items():
         assert np.array_equal(dist_pictures[name], picture), name
     assert not list((tmp_path / "show").rglob("*.partial.png"))
+
+
+def test_each_image_counts_once_whatever_the_ranks_split(monkeypatch):
+    """Results collected from ranks that each got a contiguous block padded at its end (DALI's
+    readers): mmengine keeps the first `size`, which would drop an image and count a repeat;
+    the metric keeps each image once, by path."""
+    import mmengine.evaluator.metric as metric_module
+
+    rng = np.random.default_rng(1)
+    samples = [
+        {
+            "img_path": f"img{i}.png",
+            "pred_sem_seg": {"data": torch.from_numpy(rng.integers(0, 3, (1, 5, 6)))},
+            "gt_sem_seg": {"data": torch.from_numpy(rng.integers(0, 3, (1, 5, 6)))},
+        }
+        for i in range(3)
+    ]
+
+    def evaluate(order: list[int], size: int) -> dict:
+        metric = PerClassIoUMetric(iou_metrics=["mIoU"])
+        metric.dataset_meta = dict(classes=("a", "b", "c"))
+        metric.process({}, [samples[i] for i in order])
+        return metric.evaluate(size)
+
+    reference = evaluate([0, 1, 2], 3)
+    # 2 ranks, contiguous blocks [0, 0 (pad)] and [1, 2], as mmengine interleaves them
+    collected = [0, 1, 0, 2]
+    real = metric_module.collect_results
+    monkeypatch.setattr(metric_module, "collect_results", lambda r, size, *a, **k: real(r, 3))
+    truncated = evaluate(collected, 3)  # what plain truncation to `size` gives: image 2 lost
+    monkeypatch.setattr(metric_module, "collect_results", real)
+    assert truncated != reference
+    assert evaluate(collected, 3) == reference

@@ -355,3 +355,28 @@ def test_cityscapes_script_needs_the_data(tmp_path, stubs):
     proc = _bash(CITYSCAPES_SCRIPT, env=env)
     assert proc.returncode == 2 and "set CITYSCAPES_ROOT" in proc.stderr
     assert _calls(tmp_path, "srun") == []
+
+
+@pytest.mark.parametrize("backend", ["wds", "dali"])
+def test_cityscapes_script_trains_a_shard_config_from_cityscapes_shards(
+    tmp_path, stubs, monkeypatch, backend
+):
+    """CONFIG=<experiment>_<backend>.py with CITYSCAPES_SHARDS only: the tasks' config reads
+    its loaders from the shards (webdataset: the dataset's root; DALI: the loader's root)."""
+    config = f"configs/cityscapes/deeplabv3_r101_d8_k4_infopro_hpff_{backend}.py"
+    env = _cityscapes_env(tmp_path, stubs, SLURM_SUBMIT_DIR=str(REPO), CONFIG=config,
+                          CITYSCAPES_SHARDS="/data/cs-wds")  # fmt: skip
+    proc = _bash(CITYSCAPES_SCRIPT, "--no-test", env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    (call,) = _calls(tmp_path, "srun")
+    args = _train_args(call["argv"])
+    assert args.config == config
+    assert args.work_dir == f"work_dirs/deeplabv3_r101_d8_k4_infopro_hpff_{backend}"
+    monkeypatch.setenv("CITYSCAPES_SHARDS", "/data/cs-wds")
+    monkeypatch.delenv("CITYSCAPES_ROOT", raising=False)
+    cfg = load_config(str(REPO / args.config), args.cfg_options)
+    for loader in ("train_dataloader", "val_dataloader"):
+        entry = cfg[loader]
+        root = entry.dataset.root if backend == "wds" else entry.root
+        assert root == "/data/cs-wds"
+    assert cfg.model.method.method == "infopro_hpff" and cfg.train_cfg.max_iters == 40000

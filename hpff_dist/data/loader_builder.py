@@ -21,18 +21,19 @@ What mmengine reads from a train/val loader, and where this object provides it: 
 length), iteration (``(images, labels)`` batches), ``batch_size`` (``auto_scale_lr``),
 ``batch_sampler.batch_size`` (FlexibleRunner), ``sampler.set_epoch`` (``DistSamplerSeedHook`` and
 the epoch loops; DALI reshuffles by itself, so it is a no-op) and ``dataset`` with ``len()``
-(evaluators size their results by it).
+(evaluators size their results by it) and, for segmentation, ``metainfo`` (the evaluator's and
+visualiser's ``dataset_meta``: classes, palette).
 """
 
 from __future__ import annotations
 
 import copy
+import importlib
 import inspect
 import weakref
 from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
-import torch
 from mmengine.registry import DefaultScope, Registry
 from torch.utils.data import DataLoader
 
@@ -66,6 +67,20 @@ class _DatasetInfo:
         return self._loader.built.num_samples
 
 
+class _SegDatasetInfo(_DatasetInfo):
+    """Also ``metainfo`` (classes, palette): mmengine's loops give it to the evaluator
+    (``IoUMetric`` reads ``dataset_meta['classes']``) and the visualiser, and
+    ``data_prefix`` (where prediction pictures take relative names from)."""
+
+    @property
+    def metainfo(self) -> dict[str, Any]:
+        return self._loader.built.metainfo
+
+    @property
+    def data_prefix(self) -> dict[str, str]:
+        return self._loader.built.data_prefix
+
+
 class _EpochSampler:
     """``sampler.set_epoch`` for mmengine's hooks; forwards to the DALI loader (a no-op)."""
 
@@ -90,24 +105,32 @@ class _BatchSamplerInfo:
 
 @DATA_LOADERS.register_module(name="DaliImageNetLoader")
 class LazyDaliDataLoader(DataLoader):
-    """A ``DaliImageNetLoader`` that mmengine accepts as a DataLoader, built on first use.
+    """A DALI loader that mmengine accepts as a DataLoader, built on first use; this class is
+    the ``DaliImageNetLoader`` entry, :class:`LazyDaliSegLoader` the ``DaliSegLoader`` one (a
+    subclass names its loader class and what its ``dataset`` view offers).
 
-    Takes the arguments of :class:`hpff_dist.data.imagenet.dali_loader.DaliImageNetLoader`
-    (``root, split, batch_size, train, image_size, resize_size, num_threads, device, seed,
-    drop_last, max_bad_samples, prefetch``), checked here so that a misspelt or refused key
+    Takes the arguments of the loader class (ImageNet:
+    :class:`hpff_dist.data.imagenet.dali_loader.DaliImageNetLoader`, ``root, split,
+    batch_size, train, image_size, resize_size, num_threads, device, seed, drop_last,
+    max_bad_samples, prefetch``), checked here so that a misspelt or refused key
     (``normalize``: only the model's data preprocessor normalises) fails when the config is
     read, not when the pipeline is built. ``rank``/``world_size`` default to the process group
     existing at build time. It subclasses ``DataLoader`` only to pass mmengine's ``isinstance``
     check; ``DataLoader.__init__`` is deliberately not called.
     """
 
-    def __init__(self, batch_size: int = 32, **kwargs: Any) -> None:
-        # imported when used: the engine imports this module without needing the backends
-        from hpff_dist.data.imagenet.dali_loader import DaliImageNetLoader
-        from hpff_dist.data.imagenet.transforms import reject_normalisation
+    #: The ``DATA_LOADERS`` name, and ``module:class`` of the loader built (imported on use:
+    #: the engine imports this module without needing the backends).
+    loader_name = "DaliImageNetLoader"
+    loader_path = "hpff_dist.data.imagenet.dali_loader:DaliImageNetLoader"
+    _dataset_view: type[_DatasetInfo] = _DatasetInfo
 
-        reject_normalisation("DaliImageNetLoader", kwargs)
-        inspect.signature(DaliImageNetLoader).bind(batch_size=batch_size, **kwargs)
+    def __init__(self, batch_size: int | None = None, **kwargs: Any) -> None:
+        loader_class = self.loader_class()
+        self.check_args(kwargs)
+        if batch_size is None:
+            batch_size = inspect.signature(loader_class).parameters["batch_size"].default
+        inspect.signature(loader_class).bind(batch_size=batch_size, **kwargs)
         # no super().__init__(): there is no torch Dataset; DataLoader's attribute guard is off
         # until its __init__ has run, so plain attributes can be set.
         self.batch_size = batch_size
@@ -117,23 +140,33 @@ class LazyDaliDataLoader(DataLoader):
         # at once in this process. Left to the garbage collector, the pipeline could be
         # finalised in a forked DataLoader worker, where DALI's executor destructor waits
         # forever for threads that were not forked.
-        self.dataset = _DatasetInfo(self)
+        self.dataset = self._dataset_view(self)
         self.sampler = _EpochSampler(self)
         self.batch_sampler = _BatchSamplerInfo(self)
 
+    @classmethod
+    def loader_class(cls) -> type:
+        """The DALI loader class this entry builds."""
+        module, name = cls.loader_path.split(":")
+        return getattr(importlib.import_module(module), name)
+
+    def check_args(self, kwargs: dict[str, Any]) -> None:
+        """Refuse normalisation arguments (ImageNet: the loader has none on purpose)."""
+        from hpff_dist.data.imagenet.transforms import reject_normalisation
+
+        reject_normalisation(self.loader_name, kwargs)
+
     @property
     def built(self) -> Any:
-        """The ``DaliImageNetLoader`` (built now if it was not yet)."""
+        """The DALI loader (built now if it was not yet)."""
         if self._built is None:
-            from hpff_dist.data.imagenet.dali_loader import DaliImageNetLoader
-
-            self._built = DaliImageNetLoader(batch_size=self.batch_size, **self.kwargs)
+            self._built = self.loader_class()(batch_size=self.batch_size, **self.kwargs)
         return self._built
 
     def __len__(self) -> int:
         return len(self.built)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[Any]:
         return iter(self.built)
 
     def set_epoch(self, epoch: int) -> None:
@@ -148,9 +181,23 @@ class LazyDaliDataLoader(DataLoader):
         args = ", ".join(
             f"{k}={v!r}" for k, v in {"batch_size": self.batch_size, **self.kwargs}.items()
         )
-        return f"dict(type='DaliImageNetLoader', {args})"
+        return f"dict(type={self.loader_name!r}, {args})"
 
     __str__ = __repr__
+
+
+@DATA_LOADERS.register_module(name="DaliSegLoader")
+class LazyDaliSegLoader(LazyDaliDataLoader):
+    """The ``DaliSegLoader`` entry: :class:`hpff_dist.data.cityscapes.dali_loader.DaliSegLoader`
+    (mmseg batches of Cityscapes shards), whose ``dataset`` also has ``metainfo`` and
+    ``data_prefix`` for the evaluator and the prediction pictures."""
+
+    loader_name = "DaliSegLoader"
+    loader_path = "hpff_dist.data.cityscapes.dali_loader:DaliSegLoader"
+    _dataset_view = _SegDatasetInfo
+
+    def check_args(self, kwargs: dict[str, Any]) -> None:
+        """Nothing beyond the signature: the loader takes no normalisation arguments."""
 
 
 def _is_loader_object(config: Any) -> bool:
@@ -240,6 +287,7 @@ __all__ = [
     "DATALOADER_ARGS",
     "DATA_LOADERS",
     "LazyDaliDataLoader",
+    "LazyDaliSegLoader",
     "build_dataloader",
     "build_loader",
     "materialize_dataloaders",
