@@ -5,7 +5,8 @@ without a process group and gives the last rank fewer samples than its ``__len__
 dataset does not divide evenly (ranks would then run different step counts and hang). This
 sampler keeps wids' idea (shuffle shard order, shuffle within a shard, so each DataLoader worker
 reads few shards) and torch's ``DistributedSampler`` contract (``ceil(N / world)`` per rank, short
-ranks padded by wrapping around, reshuffled by ``set_epoch``).
+ranks padded by wrapping around, reshuffled by ``set_epoch``). Unshuffled (evaluation), the
+split is interleaved like ``DefaultSampler``'s, the one mmengine's result collection undoes.
 """
 
 from __future__ import annotations
@@ -64,9 +65,14 @@ class _ShardAwareOrder(Sampler[int]):
         return np.concatenate([order, np.resize(order, padding)]) if padding else order
 
     def __iter__(self) -> Iterator[int]:
-        # contiguous slices keep each rank on few shards (wids keeps an LRU of open shards)
+        order = self.global_order()
+        if not self.shuffle:
+            # evaluation: mmengine collects the ranks' results interleaved and keeps the first
+            # N, which undoes exactly this split (a contiguous one would lose real samples)
+            return iter(order[self.rank :: self.world_size].tolist())
+        # training: contiguous slices keep each rank on few shards (wids' LRU of open shards)
         start = self.rank * self.num_samples
-        return iter(self.global_order()[start : start + self.num_samples].tolist())
+        return iter(order[start : start + self.num_samples].tolist())
 
     def __len__(self) -> int:
         return self.num_samples
