@@ -4,6 +4,7 @@ backend (CityscapesShards), checked against the folder backend on the same sampl
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tarfile
@@ -310,32 +311,54 @@ def test_missing_shards_name_the_command(tmp_path):
 
 
 # --------------------------------------------------------------------- training from shards
-def test_deeplab_trains_two_iterations_from_the_shards(shards, tmp_path):
+def _tiny_config(
+    path: Path, name: str, shards: Path | None = None, tree: Path | None = None
+) -> Path:
+    """The shipped ``deeplabv3_r101_d8_<name>.py`` at tiny size (``seg_tiny``), 2 iterations,
+    on the shards (``root``) or on the folder tree."""
     sys.path.insert(0, str(REPO / "tests"))
     from seg_tiny import CROP, SCALE, tiny_deeplab_cfg
 
-    cfg = tiny_deeplab_cfg("k4_infopro_hpff_wds")
-    for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
-        cfg[loader].dataset.root = str(shards)
-        cfg[loader].num_workers = 0
-        cfg[loader].persistent_workers = False
-    cfg.train_dataloader.dataset.pipeline[2].scale = SCALE
-    cfg.train_dataloader.dataset.pipeline[3].crop_size = CROP
-    cfg.val_dataloader.dataset.pipeline[1].scale = SCALE
-    cfg.test_dataloader.dataset.pipeline[1].scale = SCALE
+    cfg = tiny_deeplab_cfg(name, tree)
+    if shards is not None:
+        for loader in ("train_dataloader", "val_dataloader", "test_dataloader"):
+            cfg[loader].dataset.root = str(shards)
+            cfg[loader].num_workers = 0
+            cfg[loader].persistent_workers = False
+        cfg.train_dataloader.dataset.pipeline[2].scale = SCALE
+        cfg.train_dataloader.dataset.pipeline[3].crop_size = CROP
+        cfg.val_dataloader.dataset.pipeline[1].scale = SCALE
+        cfg.test_dataloader.dataset.pipeline[1].scale = SCALE
     cfg.train_cfg.max_iters = cfg.train_cfg.val_interval = 2
     cfg.param_scheduler[0].end = 2
     cfg.default_hooks.checkpoint.interval = 2
     cfg.visualizer.vis_backends = [dict(type="LocalVisBackend")]
     cfg.custom_hooks = [h for h in cfg.custom_hooks if h["type"] != "ThroughputHook"]
-    config = tmp_path / "tiny_wds.py"
-    cfg.dump(str(config))
-    proc = subprocess.run(
-        [sys.executable, "tools/train.py", str(config), "--work-dir", str(tmp_path / "work"),
-         "--no-test"],
-        cwd=REPO, capture_output=True, text=True, timeout=600, env={"OMP_NUM_THREADS": "1",
-        **__import__("os").environ},
-    )  # fmt: skip
+    cfg.dump(str(path))
+    return path
+
+
+def _run(*args: str) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True,
+                          timeout=600, env=env)  # fmt: skip
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    assert (tmp_path / "work/iter_2.pth").is_file()
-    assert "mIoU" in proc.stdout + proc.stderr
+    return proc.stdout + proc.stderr
+
+
+def test_deeplab_trains_from_the_shards_and_tests_as_from_the_folder(tree, shards, tmp_path):
+    """2 iterations from shards through tools/train.py; tools/test.py then gives the same
+    metrics on the shards as on the folder, and draws each prediction beside its image."""
+    config = _tiny_config(tmp_path / "wds.py", "k4_infopro_hpff_wds", shards=shards)
+    log = _run("tools/train.py", str(config), "--work-dir", str(tmp_path / "work"), "--no-test")
+    checkpoint = tmp_path / "work/iter_2.pth"
+    assert checkpoint.is_file() and "mIoU" in log
+    pictures = tmp_path / "pictures"
+    _run("tools/test.py", str(config), str(checkpoint), "--out", str(tmp_path / "wds.json"),
+         "--show-dir", str(pictures))  # fmt: skip
+    folder = _tiny_config(tmp_path / "folder.py", "k4_infopro_hpff", tree=tree)
+    _run("tools/test.py", str(folder), str(checkpoint), "--out", str(tmp_path / "folder.json"))
+    ours, reference = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("wds", "folder"))
+    assert ours == reference and "mIoU" in ours
+    drawn = sorted(p.relative_to(pictures).as_posix() for p in pictures.rglob("*.png"))
+    assert drawn == [f"frankfurt/{stem}.png" for stem in VAL["frankfurt"]]

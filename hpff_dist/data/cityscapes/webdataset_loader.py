@@ -48,38 +48,33 @@ _NOT_DATA_ERRORS = (BadSampleError, ImportError, NameError, SyntaxError, MemoryE
 _SHARDS: dict[int, Any] = {}  # pid -> LRU of open shards: DataLoader workers open their own
 
 
-def _open_shard(tar: str) -> tuple[Any, dict[str, int]]:
-    """``wids.IndexedTarSamples`` of ``tar`` (mmap'd) and its key -> sample index map."""
-    from wids.wids import IndexedTarSamples, splitname
+def _open_shard(tar: str) -> Any:
+    """wids' mmap'd, indexed reader of ``tar`` (``MMIndexedTar``: member name -> offset),
+    from this process's LRU of open shards."""
     from wids.wids_lru import LRUCache
+    from wids.wids_mmtar import MMIndexedTar
 
     cache = _SHARDS.get(os.getpid())
     if cache is None:
-        cache = _SHARDS[os.getpid()] = LRUCache(16, release_handler=lambda _, s: s[0].close())
-    shard = cache[tar]
-    if shard is None:
-        samples = IndexedTarSamples(path=tar)
-        names = list(samples.reader.names())
-        keys = {splitname(names[group[0]])[0]: i for i, group in enumerate(samples.samples)}
-        shard = cache[tar] = (samples, keys)
-    return shard
+        cache = _SHARDS[os.getpid()] = LRUCache(16, release_handler=lambda _, s: s.close())
+    reader = cache[tar]
+    if reader is None:
+        reader = cache[tar] = MMIndexedTar(tar, verbose=False)
+    return reader
 
 
 @register_backend("wds", prefixes="wds")
 class ShardMemberBackend(BaseStorageBackend):
-    """mmengine file backend for ``wds://<shard.tar>#<key>.<ext>``: one member of a sample."""
+    """mmengine file backend for ``wds://<shard.tar>#<key>.<ext>``: one member of a sample,
+    read at its offset from the mmap'd shard (the other members are not touched)."""
 
     def get(self, filepath: str | Path) -> bytes:
         tar, member = str(filepath)[len(URL_PREFIX) :].rsplit("#", 1)
-        key, ext = split_member(member)
-        samples, keys = _open_shard(tar)
-        if key not in keys:
-            raise FileNotFoundError(f"{tar} has no sample {key!r} (from {filepath})")
-        sample = samples[keys[key]]
-        data = sample.get(f".{ext}")
-        if data is None:
-            raise FileNotFoundError(f"{tar}: sample {key!r} has no .{ext} member")
-        return data.getvalue() if hasattr(data, "getvalue") else bytes(data)
+        reader = _open_shard(tar)
+        if member not in reader.by_name:
+            raise FileNotFoundError(f"{tar} has no member {member!r} (from {filepath})")
+        _, data = reader.get_by_name(member)
+        return bytes(data)
 
     def get_text(self, filepath: str | Path, encoding: str = "utf-8") -> str:
         return self.get(filepath).decode(encoding)
