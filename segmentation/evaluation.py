@@ -171,12 +171,17 @@ class PerClassIoUMetric(IoUMetric):
         print_log("\n" + table.get_string(), "current")
 
 
-def prediction_path(out_dir: str, img_path: str, img_root: str | None) -> str:
+def prediction_path(
+    out_dir: str, img_path: str, img_root: str | None, img_suffix: str | None = None
+) -> str:
     """``out_dir/<img_path relative to the dataset's image folder>`` as a PNG (so
-    ``city/name.png``), or ``out_dir/<basename>.png`` for an image outside it."""
+    ``city/name.png``), or ``out_dir/<basename>.png`` for an image outside it. A shard member
+    (``wds://<shard>#<city>/<stem>.png``) is named by its key and the dataset's image suffix,
+    so the pictures of every backend have the folder's names."""
     rel = osp.basename(img_path)
-    if "#" in img_path:  # a shard member (wds://<shard>#<city>/<stem>.png): its key
-        rel = img_path.rpartition("#")[2]
+    if "#" in img_path:
+        key = img_path.rpartition("#")[2].partition(".")[0]
+        rel = key + (img_suffix or ".png")
     elif img_root:
         candidate = osp.relpath(osp.abspath(img_path), osp.abspath(img_root))
         if not candidate.startswith(".."):
@@ -198,6 +203,7 @@ class SegPredictionPictures(Hook):
         self.out_dir = out_dir
         self.palette: list | None = None
         self.img_root: str | None = None
+        self.img_suffix: str | None = None
         self.written = {"with": 0, "without": 0}
 
     def before_test(self, runner: Any) -> None:
@@ -209,6 +215,7 @@ class SegPredictionPictures(Hook):
             rng = np.random.default_rng(0)
             self.palette = rng.integers(0, 256, (max(len(classes), IGNORE_INDEX), 3)).tolist()
         self.img_root = (getattr(dataset, "data_prefix", None) or {}).get("img_path")
+        self.img_suffix = getattr(dataset, "img_suffix", None)
         self.written = {"with": 0, "without": 0}  # ground truth
 
     def after_test_iter(
@@ -229,7 +236,7 @@ class SegPredictionPictures(Hook):
                 if rgb.size != (pred.shape[1], pred.shape[0]):
                     rgb = rgb.resize((pred.shape[1], pred.shape[0]), Image.BILINEAR)
                 rgb = np.asarray(rgb)
-            target = prediction_path(self.out_dir, img_path, self.img_root)
+            target = prediction_path(self.out_dir, img_path, self.img_root, self.img_suffix)
             partial = f"{target}.rank{get_rank()}.partial.png"
             save_prediction(partial, rgb, pred, self.palette, truth)
             os.replace(partial, target)

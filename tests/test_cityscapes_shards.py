@@ -3,6 +3,7 @@ backend (CityscapesShards), checked against the folder backend on the same sampl
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -131,13 +132,17 @@ def test_every_pair_is_written_once_with_its_bytes_unchanged(tree, shards):
         assert seen[f"{key}.seg.png"] == label.read_bytes()
         meta = json.loads(seen[f"{key}.json"])
         assert meta == {
+            "key": key,
             "img_path": str(image.relative_to(tree)),
             "seg_map_path": str(label.relative_to(tree)),
             "height": H,
             "width": W,
         }
+    for record in manifest["shards"]:
+        digest = hashlib.sha256((shards / record["url"]).read_bytes()).hexdigest()
+        assert record["sha256"] == digest
     check = subprocess.run(
-        [sys.executable, "tools/check_shards.py", str(shards), "--decode"],
+        [sys.executable, "tools/check_shards.py", str(shards), "--decode", "--checksums"],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert check.returncode == 0, check.stdout + check.stderr
@@ -234,8 +239,8 @@ def test_random_train_transforms_equal_the_folder_backends_and_keep_pairs_aligne
             expected = colour_of(label)[inner]
             assert np.abs(image[inner].astype(int) - expected).max() <= 2, (i, seed)
             flips.add(sample["data_samples"].flip)
-            crops.add(sample["data_samples"].img_shape)
-    assert flips == {True, False}
+            crops.add(hash(label.tobytes()))  # which part of which scale was cropped
+    assert flips == {True, False} and len(crops) > 20  # scales and crops vary
 
 
 def test_two_ranks_get_equal_counts_and_every_sample_of_uneven_shards(shards):
@@ -258,22 +263,50 @@ def _corrupt_member(tar: Path, name: str) -> None:
     tar.write_bytes(bytes(data))
 
 
-def test_a_corrupt_image_is_skipped_with_shard_and_key_then_stops_the_run(shards, tmp_path, caplog):
-    out = tmp_path / "wds"
+def _copy(shards: Path, out: Path) -> Path:
     out.mkdir()
     for path in shards.iterdir():
         (out / path.name).write_bytes(path.read_bytes())
+    return out
+
+
+def test_a_corrupt_image_is_skipped_with_shard_and_key_and_counted_once(shards, tmp_path, caplog):
+    out = _copy(shards, tmp_path / "wds")
     _corrupt_member(out / "train-000000.tar", "aachen/aachen_000000_000019.png")
+    _corrupt_member(out / "train-000001.tar", "aachen/aachen_000002_000019.png")
     pipeline = [t for t in _pipelines().train_pipeline[:2]] + [dict(type="mmseg.PackSegInputs")]
-    dataset = CityscapesShards(str(out), "train", pipeline, max_bad_samples=2)
-    first = next(i for i in range(5) if "aachen_000000" in dataset.get_data_info(i)["img_path"])
+    dataset = CityscapesShards(str(out), "train", pipeline, max_bad_samples=1)
+    paths = [dataset.get_data_info(i)["img_path"] for i in range(5)]
+    first = next(i for i, p in enumerate(paths) if "aachen_000000" in p)
+    second = next(i for i, p in enumerate(paths) if "aachen_000002" in p)
+    good = next(i for i, p in enumerate(paths) if "bremen" in p)
     with caplog.at_level("WARNING"):
-        assert dataset[first] is None
+        for _ in range(3):  # three passes over the data: one bad sample, counted once
+            assert dataset[first] is None
     assert "train-000000.tar key=aachen/aachen_000000_000019" in caplog.text
-    batch = seg_skip_bad_collate([dataset[first], dataset[(first + 1) % 5]])
-    assert len(batch["inputs"]) == 1
-    with pytest.raises(BadSampleError, match="sample 3 exceeds max_bad_samples=2: .*aachen_000000"):
-        dataset[first]
+    # its place in the batch is taken by a good sample: the batch keeps its size
+    batch = seg_skip_bad_collate([dataset[first], dataset[good]])
+    assert len(batch["inputs"]) == 2 and torch.equal(batch["inputs"][0], batch["inputs"][1])
+    with pytest.raises(BadSampleError, match="sample 2 exceeds max_bad_samples=1: .*aachen_000002"):
+        dataset[second]
+
+
+def test_a_shard_cut_inside_a_header_keeps_its_whole_samples(shards, tmp_path, caplog):
+    """wids' reader would lose the whole shard to the cut header; the index keeps sample 0 and
+    names the lost one."""
+    out = _copy(shards, tmp_path / "wds")
+    cut = out / "val-000000.tar"
+    with tarfile.open(cut) as tar:
+        second = [m for m in tar.getmembers() if "frankfurt_000001" in m.name][0]
+    cut.write_bytes(cut.read_bytes()[: second.offset + 100])  # inside its header
+    loading = [*_pipelines().train_pipeline[:2], dict(type="mmseg.PackSegInputs")]
+    dataset = CityscapesShards(str(out), "val", loading, max_bad_samples=2)
+    assert "frankfurt/frankfurt_000001_000019" in caplog.text  # lost, found at the start
+    keys = [dataset.get_data_info(i)["img_path"].rpartition("#")[2] for i in range(3)]
+    assert dataset[keys.index("frankfurt/frankfurt_000000_000019.png")] is not None
+    with caplog.at_level("WARNING"):
+        assert dataset[keys.index("frankfurt/frankfurt_000001_000019.png")] is None
+    assert "truncated" in caplog.text
 
 
 def test_a_label_of_another_size_is_never_trained_on(tree, tmp_path):
@@ -292,10 +325,7 @@ def test_a_label_of_another_size_is_never_trained_on(tree, tmp_path):
 
 
 def test_a_truncated_shard_is_found_before_the_first_epoch(shards, tmp_path):
-    out = tmp_path / "wds"
-    out.mkdir()
-    for path in shards.iterdir():
-        (out / path.name).write_bytes(path.read_bytes())
+    out = _copy(shards, tmp_path / "wds")
     cut = out / "val-000000.tar"
     cut.write_bytes(cut.read_bytes()[:4000])  # the second sample is lost
     with pytest.raises(BadSampleError, match="val-000000.tar has .* bytes, its manifest says"):
@@ -361,4 +391,4 @@ def test_deeplab_trains_from_the_shards_and_tests_as_from_the_folder(tree, shard
     ours, reference = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("wds", "folder"))
     assert ours == reference and "mIoU" in ours
     drawn = sorted(p.relative_to(pictures).as_posix() for p in pictures.rglob("*.png"))
-    assert drawn == [f"frankfurt/{stem}.png" for stem in VAL["frankfurt"]]
+    assert drawn == [f"frankfurt/{stem}_leftImg8bit.png" for stem in VAL["frankfurt"]]

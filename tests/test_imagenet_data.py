@@ -572,13 +572,23 @@ def test_truncated_tar_over_budget_names_shard_and_key(backend, truncated):
     assert "val-000001.tar" in str(error.value) and key in str(error.value)
 
 
-def test_bad_sample_budget_is_shared_by_workers(corrupt):
-    """Two bad reads across 2 workers (2 epochs) exceed a budget of 1."""
+def test_bad_sample_budget_is_shared_by_workers_and_counts_a_sample_once(corrupt):
+    """The one bad sample, read in 3 epochs by 2 workers, spends 1 of the shared budget (a
+    budget of 1 holds); a budget of 0 stops at its first read."""
+    from hpff_dist.data.imagenet.errors import BadSampleBudget
+
     root, out = corrupt
     loader = _loader("webdataset", root, out, max_bad_samples=1, num_workers=2)
-    _epoch(loader)
-    with pytest.raises(BadSampleError, match="bad sample 2 exceeds max_bad_samples=1"):
+    for _ in range(3):
         _epoch(loader)
+    assert loader.dataset.budget.count == 1
+    with pytest.raises(BadSampleError, match="bad sample 1 exceeds max_bad_samples=0"):
+        _epoch(_loader("webdataset", root, out, max_bad_samples=0, num_workers=2))
+    budget = BadSampleBudget(1, num_samples=4)
+    for _ in range(3):
+        budget.report("shard", "a", "broken", index=2)
+    with pytest.raises(BadSampleError, match="bad sample 2 exceeds"):
+        budget.report("shard", "b", "broken", index=3)
 
 
 def test_images_are_decodable_jpeg_bytes(shards):

@@ -1,7 +1,7 @@
 """Check a shard set made by tools/make_shards.py: every shard whole, counts as the manifest says.
 
     python tools/check_shards.py /data/imagenet-wds              # every split with a manifest
-    python tools/check_shards.py /data/imagenet-wds --split val --decode
+    python tools/check_shards.py /data/imagenet-wds --split val --decode --checksums
 
 Prints one line per shard (samples found / in the manifest, and what is wrong), then a JSON
 summary per split. Checks the tar structure (a truncated or damaged tar is found even where
@@ -25,6 +25,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("root", help="the output directory of tools/make_shards.py")
     parser.add_argument("--split", action="append", help="split to check (default: all)")
     parser.add_argument("--decode", action="store_true", help="also decode every image (slow)")
+    parser.add_argument(
+        "--checksums",
+        action="store_true",
+        help="also compare every shard's SHA-256 with the manifest (reads every byte)",
+    )
     return parser.parse_args(argv)
 
 
@@ -44,10 +49,10 @@ def describe(check: ShardCheck, expected: int) -> str:
     return f"{Path(check.path).name}  {len(check.keys)}/{expected} samples  {status}"
 
 
-def check_one(root: Path, split: str, decode: bool) -> bool:
+def check_one(root: Path, split: str, decode: bool, checksums: bool = False) -> bool:
     """Print the report of one split; True when every shard is fine."""
     manifest = json.loads((root / MANIFEST_PATTERN.format(split=split)).read_text())
-    checks = check_split(root, split, decode)
+    checks = check_split(root, split, decode, checksums)
     for check, record in zip(checks, manifest["shards"]):
         print(describe(check, int(record["nsamples"])))
     bad = [Path(c.path).name for c in checks if not c.ok]
@@ -79,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    results = [check_one(root, split, args.decode) for split in splits]
+    results = [check_one(root, split, args.decode, args.checksums) for split in splits]
     return 0 if all(results) else 1
 
 

@@ -7,8 +7,9 @@ a split (``train`` shown)::
     train-000000.tar     the samples, members as the layout makes them
     train-000000.idx     DALI index (``wds2idx`` format, written by DALI's own ``wds2idx`` tool)
     train-wids.json      wids dataset descriptor (``wids.ShardListDataset`` opens it directly)
-    manifest-train.json  shard list, sample counts, the layout's own summary, plan fingerprint,
-                         the source samples skipped because they are bad
+    manifest-train.json  shard list (sample count, size and SHA-256 of each), sample counts,
+                         the layout's own summary, plan fingerprint, the source samples
+                         skipped because they are bad
     classes.json         class index -> name
 
 The whole split is planned before anything is written, so shard ``i`` always holds the same
@@ -145,9 +146,9 @@ def bad_sample_entry(sample: PlannedSample, shard: str, error: str) -> dict:
 
 def too_many_bad_samples(entry: dict, count: int, max_bad: int) -> BadSampleError:
     return BadSampleError(
-        f"bad image {entry['path']} ({entry['error']}): bad image {count} exceeds max_bad="
+        f"bad sample {entry['path']} ({entry['error']}): bad sample {count} exceeds max_bad="
         f"{max_bad}. Replace or delete it and rerun into an empty output directory, or rerun "
-        "with --resume --max-bad N (tools/make_shards.py) to skip up to N bad images; skipped "
+        "with --resume --max-bad N (tools/make_shards.py) to skip up to N bad samples; skipped "
         "ones are logged and listed under 'skipped' in the split's manifest."
     )
 
@@ -156,12 +157,21 @@ def index_path_for(tar_path: str) -> str:
     return tar_path[: -len(".tar")] + ".idx"
 
 
+def file_sha256(path: str) -> str:
+    """The SHA-256 of a file, read in 1 MiB blocks."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
 def _record(tar_path: str, nsamples: int) -> dict:
+    """A shard's manifest entry; the checksum lets ``tools/check_shards.py --checksums`` prove
+    a copy (on another file system, after a transfer) byte-identical to what was written."""
     return {
         "url": os.path.basename(tar_path),
         "index": os.path.basename(index_path_for(tar_path)),
         "nsamples": nsamples,
         "filesize": os.path.getsize(tar_path),
+        "sha256": file_sha256(tar_path),
     }
 
 

@@ -76,7 +76,7 @@ from hpff_dist.data.imagenet.dali_loader import (
 )
 from hpff_dist.data.imagenet.errors import BadSampleBudget, BadSampleError
 from hpff_dist.data.imagenet.ranks import check_batch_size, resolve_rank, samples_per_rank
-from hpff_dist.data.imagenet.shards import ShardedSplit, decode_error, find_split, read_dali_index
+from hpff_dist.data.imagenet.shards import ShardedSplit, find_split, read_dali_index
 
 READER_NAME = "Reader"
 IMAGE_EXTS = "png;jpg;jpeg"
@@ -267,10 +267,15 @@ def build_pipeline(
     return cityscapes_pipeline()
 
 
-def _check_pair(tar: str, components: list[tuple[str, int, int]]) -> tuple[str, str] | None:
-    """``(key, error)`` if the sample's image or label fails a PIL decode, or their sizes
-    differ, or the label is not single-channel; else None."""
+def _check_pair(
+    tar: str, components: list[tuple[str, int, int]], num_classes: int
+) -> tuple[str, str] | None:
+    """``(key, error)`` if the pair fails the shard writer's check
+    (:func:`~hpff_dist.data.cityscapes.shards.pair_problem`: both decode, same size, label
+    values) or is a palette label, which DALI's decoder expands to colours; else None."""
     from PIL import Image
+
+    from hpff_dist.data.cityscapes.shards import pair_problem
 
     parts = {ext: (off, n) for ext, off, n in components}
     key = _key_at(tar, min(off for _, off, _ in components))
@@ -283,17 +288,12 @@ def _check_pair(tar: str, components: list[tuple[str, int, int]]) -> tuple[str, 
             offset, size = parts[ext]
             f.seek(offset)
             data[what] = f.read(size)
-            error = decode_error(data[what])
-            if error:
-                return key, f"{what} ({key}.{ext}): {error}"
-    with (
-        Image.open(io.BytesIO(data["image"])) as image,
-        Image.open(io.BytesIO(data["label"])) as lab,
-    ):
-        if image.size != lab.size:
-            return key, f"label size {lab.size} differs from the image's {image.size} (w, h)"
-        if len(lab.getbands()) != 1 or lab.mode == "P":
-            return key, f"label is mode {lab.mode}, not 8-bit single-channel trainIds"
+    error = pair_problem(data["image"], data["label"], num_classes, f"{tar}#{key}")
+    if error:
+        return key, error
+    with Image.open(io.BytesIO(data["label"])) as lab:
+        if lab.mode == "P":
+            return key, "label is a palette PNG (mode P), which DALI decodes to colours"
     return None
 
 
@@ -307,7 +307,7 @@ def find_bad_pairs(split: ShardedSplit, limit: int = 10) -> list[tuple[str, str,
         size = os.path.getsize(tar)
         for components in read_dali_index(idx):
             if all(o + n <= size for _, o, n in components):
-                result = _check_pair(tar, components)
+                result = _check_pair(tar, components, len(split.classes))
                 if result is not None:
                     bad.append((tar, *result))
                     if len(bad) >= limit:
@@ -504,7 +504,7 @@ class DaliSegLoader:
         label = (geometry["label_h"], geometry["label_w"])
         if label == image and geometry["label_c"] == 1:
             return
-        key = _key_of(meta["img_path"])
+        key = _key_of(meta)
         what = (
             f"label {label[0]}x{label[1]} differs from its image {image[0]}x{image[1]} (h x w)"
             if label != image
@@ -543,9 +543,12 @@ class DaliSegLoader:
         self.close()
 
 
-def _key_of(img_path: str) -> str:
-    """``<city>/<stem>`` from ``leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png``."""
-    city, name = img_path.split("/")[-2:]
+def _key_of(meta: dict) -> str:
+    """The sample's shard key: recorded in its ``.json`` by the writer; for shards written
+    before it was, ``<city>/<stem>`` from ``leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png``."""
+    if "key" in meta:
+        return meta["key"]
+    city, name = meta["img_path"].split("/")[-2:]
     stem = name.rsplit(".", 1)[0]
     return f"{city}/{stem.removesuffix('_leftImg8bit')}"
 

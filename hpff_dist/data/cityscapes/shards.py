@@ -6,7 +6,8 @@ key ``<city>/<stem>`` (``aachen/aachen_000000_000019``), is::
 
     <key>.png       the image, bytes as stored (``.jpg`` for JPEG datasets): never re-encoded
     <key>.seg.png   the label map (Cityscapes: the ``*_labelTrainIds.png``), bytes as stored
-    <key>.json      {"img_path", "seg_map_path" (relative to the data root), "height", "width"}
+    <key>.json      {"key", "img_path", "seg_map_path" (relative to the data root), "height",
+                    "width"}
 
 The pairs are listed by mmseg's own dataset class (``CityscapesDataset`` by default, after the
 folder checks of :func:`~hpff_dist.data.cityscapes.folder.CityscapesFolder`, whose errors name
@@ -203,6 +204,7 @@ class SegPairLayout:
         except Exception as failure:  # noqa: BLE001 - unchecked and unreadable: still bad
             return {}, f"image: {type(failure).__name__}: {failure}"
         meta = {
+            "key": sample.key,
             "img_path": sample.img_rel,
             "seg_map_path": sample.seg_rel,
             "height": height,

@@ -3,10 +3,11 @@
 Why the folder pipeline unchanged: the three backends must mean the same thing, and the
 surest way for this one is to run *the same* mmseg transforms (``LoadImageFromFile``,
 ``LoadAnnotations``, ``RandomResize``, ``RandomCrop`` with ``cat_max_ratio``, ...), config
-included. A sample's files get ``wds://<shard>#<key>.<ext>`` paths, and :class:`ShardMemberBackend`,
-an mmengine file backend registered for the ``wds`` prefix (the extension point mmengine's
-``fileio.get`` offers, the one mmseg's loaders call), reads the member through ``wids``'
-indexed tar access (mmap, an LRU of open shards per process). So the image and the label are
+included. A sample's files get ``wds://<shard>#<key>.<ext>`` paths, and
+:class:`ShardMemberBackend`, an mmengine file backend registered for the ``wds`` prefix (the
+extension point mmengine's ``fileio.get`` offers, the one mmseg's loaders call), reads the
+member at its offset in the shard's DALI index: random access into the tar as ``wids`` gives
+it, from an index that survives a tar cut inside a header. So the image and the label are
 decoded by mmseg's decoders exactly as from the folder, and the pipeline's checks (label
 values, image/label size) apply as they do there.
 
@@ -15,7 +16,8 @@ Exact epochs and equal steps per rank: the training sampler is ``ShardAwareDistr
 ``DefaultSampler`` without shuffling, whose interleaved split is the one mmengine's result
 collection undoes, so distributed validation is exact. A sample that cannot be loaded (a
 corrupt PNG, a label whose size differs from its image) is logged with shard and key and
-skipped while ``max_bad_samples`` allows (``seg_skip_bad_collate`` drops it from its batch).
+skipped while ``max_bad_samples`` allows, counted once however many passes read it
+(``seg_skip_bad_collate`` refills its batch).
 """
 
 from __future__ import annotations
@@ -33,9 +35,11 @@ from hpff_dist.data.cityscapes.shards import (
     sample_components,
     shard_member_url,
 )
+from hpff_dist.data.errors import CorruptDataError
 from hpff_dist.data.imagenet.errors import BadSampleBudget, BadSampleError
 from hpff_dist.data.imagenet.shard_checks import check_sizes_at_start
 from hpff_dist.data.imagenet.shards import IMAGE_EXTS, find_split
+from hpff_dist.data.shard_writer import index_path_for
 from hpff_dist.registry import DATASETS
 
 __all__ = ["CityscapesShards", "ShardMemberBackend"]
@@ -45,36 +49,53 @@ _IMAGE_EXTS = IMAGE_EXTS.split(";")
 _NOT_DATA_ERRORS = (BadSampleError, ImportError, NameError, SyntaxError, MemoryError)
 
 
-_SHARDS: dict[int, Any] = {}  # pid -> LRU of open shards: DataLoader workers open their own
+_MEMBERS: dict[str, dict[str, tuple[int, int]]] = {}  # shard -> member name -> (offset, size)
 
 
-def _open_shard(tar: str) -> Any:
-    """wids' mmap'd, indexed reader of ``tar`` (``MMIndexedTar``: member name -> offset),
-    from this process's LRU of open shards."""
-    from wids.wids_lru import LRUCache
-    from wids.wids_mmtar import MMIndexedTar
+def member_table(tar: str) -> dict[str, tuple[int, int]]:
+    """Where each member of ``tar`` lies, from the shard's DALI index (read once per process).
 
-    cache = _SHARDS.get(os.getpid())
-    if cache is None:
-        cache = _SHARDS[os.getpid()] = LRUCache(16, release_handler=lambda _, s: s.close())
-    reader = cache[tar]
-    if reader is None:
-        reader = cache[tar] = MMIndexedTar(tar, verbose=False)
-    return reader
+    Why not wids' reader: it builds its table by walking every tar header, so a shard cut
+    inside a header loses all its samples to one ``struct.error``; the index, written with the
+    shard, keeps every whole sample readable and names the cut one.
+    """
+    table = _MEMBERS.get(tar)
+    if table is None:
+        idx = index_path_for(tar)
+        if not os.path.isfile(idx):
+            raise FileNotFoundError(
+                f"{idx} (the index of {tar}) is missing. {MAKE_SEG_SHARDS_HINT}"
+            )
+        table = {
+            f"{sample['key']}.{ext}": where
+            for sample in sample_components(idx)
+            for ext, where in sample["members"].items()
+        }
+        _MEMBERS[tar] = table
+    return table
 
 
 @register_backend("wds", prefixes="wds")
 class ShardMemberBackend(BaseStorageBackend):
     """mmengine file backend for ``wds://<shard.tar>#<key>.<ext>``: one member of a sample,
-    read at its offset from the mmap'd shard (the other members are not touched)."""
+    read at its offset (the other members are not touched); a member cut short by a truncated
+    tar is an error naming it, never fewer bytes."""
 
     def get(self, filepath: str | Path) -> bytes:
         tar, member = str(filepath)[len(URL_PREFIX) :].rsplit("#", 1)
-        reader = _open_shard(tar)
-        if member not in reader.by_name:
+        where = member_table(tar).get(member)
+        if where is None:
             raise FileNotFoundError(f"{tar} has no member {member!r} (from {filepath})")
-        _, data = reader.get_by_name(member)
-        return bytes(data)
+        offset, size = where
+        with open(tar, "rb") as f:
+            f.seek(offset)
+            data = f.read(size)
+        if len(data) != size:
+            raise CorruptDataError(
+                f"{tar}: member {member} truncated ({len(data)} of {size} bytes: the shard is "
+                f"cut short). Re-make it: {MAKE_SEG_SHARDS_HINT.split('`')[1]} --resume"
+            )
+        return data
 
     def get_text(self, filepath: str | Path, encoding: str = "utf-8") -> str:
         return self.get(filepath).decode(encoding)
@@ -128,7 +149,7 @@ def _dataset_class() -> type:
 
         def __init__(self, split_info: Any, max_bad_samples: int, **kwargs: Any) -> None:
             self.split_info = split_info
-            self.budget = BadSampleBudget(max_bad_samples)
+            self.budget = BadSampleBudget(max_bad_samples, sum(split_info.nsamples))
             super().__init__(**kwargs)
 
         @property
@@ -146,7 +167,7 @@ def _dataset_class() -> type:
             except Exception as error:  # noqa: BLE001 - any other load failure: one bad sample
                 shard, _, member = self.get_data_info(index)["img_path"].rpartition("#")
                 key = split_member(member)[0]
-                self.budget.report(shard[len(URL_PREFIX) :], key, _describe(error))
+                self.budget.report(shard[len(URL_PREFIX) :], key, _describe(error), index)
                 return None
 
     CityscapesShardsDataset.__module__ = __name__  # pickled by name: see __getattr__

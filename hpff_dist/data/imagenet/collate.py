@@ -20,8 +20,9 @@ class SkipBadCollate:
     sample never makes one rank wait for another.
     """
 
-    def __init__(self, collate: Callable[[list], Any] | None = None) -> None:
+    def __init__(self, collate: Callable[[list], Any] | None = None, fill: bool = False) -> None:
         self.collate = collate
+        self.fill = fill
 
     def __call__(self, batch: Sequence) -> Any:
         good = [sample for sample in batch if sample is not None]
@@ -32,6 +33,8 @@ class SkipBadCollate:
                 f"all {len(batch)} samples of a batch were bad (each was reported above with its "
                 "shard and key): the shard is damaged; re-create it with tools/make_shards.py"
             )
+        if self.fill:  # repeat good samples in the bad ones' places: the batch keeps its size
+            good += [good[i % len(good)] for i in range(len(batch) - len(good))]
         if self.collate is not None:
             return self.collate(good)
         images, labels = default_collate(good)
@@ -49,7 +52,9 @@ def skip_bad_collate(batch: Sequence) -> tuple[torch.Tensor, torch.Tensor]:
 @FUNCTIONS.register_module(name="seg_skip_bad_collate")
 def seg_skip_bad_collate(batch: Sequence) -> dict:
     """mmengine's ``pseudo_collate`` (what mmseg's loaders use) over the samples a shard
-    dataset did not mark bad: ``collate_fn=dict(type='hpff_dist.seg_skip_bad_collate')``."""
+    dataset did not mark bad, each bad one's place taken by a repeat of a good one:
+    ``collate_fn=dict(type='hpff_dist.seg_skip_bad_collate')``. The batch keeps its size
+    because DeepLab's ASPP pooling branch cannot normalise a batch of one image."""
     from mmengine.dataset import pseudo_collate
 
-    return SkipBadCollate(pseudo_collate)(batch)
+    return SkipBadCollate(pseudo_collate, fill=True)(batch)

@@ -29,24 +29,42 @@ class BadSampleError(RuntimeError):
 
 
 class BadSampleBudget:
-    """Counts bad samples across worker processes; raises once ``max_bad_samples`` is exceeded."""
+    """Counts distinct bad samples across worker processes; raises once more than
+    ``max_bad_samples`` are bad.
 
-    def __init__(self, max_bad_samples: int = 0) -> None:
+    With ``num_samples`` (the dataset's length) and the sample's ``index`` given to
+    :meth:`report`, a sample is counted once however often it is read: a 40k-iteration run
+    passes over Cityscapes about 100 times, and one corrupt PNG must not spend the budget of ten.
+    The marks live in shared memory, so DataLoader workers see each other's.
+    """
+
+    def __init__(self, max_bad_samples: int = 0, num_samples: int | None = None) -> None:
         if max_bad_samples < 0:
             raise ValueError(f"max_bad_samples must be >= 0, got {max_bad_samples}")
         self.max_bad_samples = max_bad_samples
         self._count = multiprocessing.Value("i", 0)
+        self._seen = multiprocessing.Array("b", num_samples, lock=False) if num_samples else None
 
     @property
     def count(self) -> int:
         return self._count.value
 
-    def report(self, shard: str, key: str, error: BaseException | str) -> None:
-        """Log one bad sample (shard + key); raise :class:`BadSampleError` past the budget."""
-        with self._count.get_lock():
-            self._count.value += 1
-            count = self._count.value
+    def report(
+        self, shard: str, key: str, error: BaseException | str, index: int | None = None
+    ) -> None:
+        """Log one bad sample (shard + key); raise :class:`BadSampleError` past the budget.
+        A sample ``index`` already reported is logged again but not counted again."""
         where = f"shard={shard} key={key}"
+        with self._count.get_lock():
+            known = self._seen is not None and index is not None and self._seen[index]
+            if not known:
+                if self._seen is not None and index is not None:
+                    self._seen[index] = 1
+                self._count.value += 1
+            count = self._count.value
+        if known:
+            LOGGER.warning("skipping bad sample (seen before, counted once): %s: %s", where, error)
+            return
         if count > self.max_bad_samples:
             raise BadSampleError(
                 f"bad sample {count} exceeds max_bad_samples={self.max_bad_samples}: {where}: "

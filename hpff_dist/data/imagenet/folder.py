@@ -41,12 +41,12 @@ class ImageNetFolder(SeededItems, ImageFolder):
             str(split_dir),
             transform=build_imagenet_transform(self.train, image_size, resize_size),
         )
-        self.budget = BadSampleBudget(max_bad_samples)
+        self.budget = BadSampleBudget(max_bad_samples, len(self.samples))
 
     def load_item(self, index: int):
         try:
             return ImageFolder.__getitem__(self, index)
         except (OSError, SyntaxError, ValueError) as error:  # what PIL raises for broken files
             path = self.samples[index][0]
-            self.budget.report(str(Path(path).parent), Path(path).name, error)
+            self.budget.report(str(Path(path).parent), Path(path).name, error, index)
             return None

@@ -135,9 +135,11 @@ def check_shard(
     decode: bool = False,
     size: int | None = None,
     members: Sequence[str] = CLASSIFICATION_MEMBERS,
+    sha256: str | None = None,
 ) -> ShardCheck:
     """Structure, sample count and size (against the manifest's ``expected`` and ``size``), index
-    and, with ``decode``, the images. ``members``: what every sample has besides its image."""
+    and, with ``decode``, the images. ``members``: what every sample has besides its image;
+    ``sha256``: the manifest's checksum, compared when given (reads the whole shard)."""
     if not os.path.isfile(tar_path):
         return ShardCheck(tar_path, problem="missing")
     tar_members, problem = read_members(tar_path)
@@ -148,6 +150,11 @@ def check_shard(
     found_size = os.path.getsize(tar_path)
     if check.problem is None and size is not None and found_size != size:
         check.problem = f"{found_size} bytes, the manifest says {size}"
+    if check.problem is None and sha256 is not None:
+        from hpff_dist.data.shard_writer import file_sha256
+
+        if file_sha256(tar_path) != sha256:
+            check.problem = "its SHA-256 differs from the manifest's (the bytes changed)"
     if check.problem is None:
         check.index_problem = index_problem(tar_path, len(keys))
         if decode:
@@ -155,35 +162,37 @@ def check_shard(
     return check
 
 
-def check_split(root: str | Path, split: str, decode: bool = False) -> list[ShardCheck]:
-    """Check every shard the manifest of ``split`` lists."""
+def check_split(
+    root: str | Path, split: str, decode: bool = False, checksums: bool = False
+) -> list[ShardCheck]:
+    """Check every shard the manifest of ``split`` lists (``checksums``: against its SHA-256s)."""
     with open(Path(root) / MANIFEST_PATTERN.format(split=split)) as f:
         manifest = json.load(f)
     members = manifest.get("members", CLASSIFICATION_MEMBERS)  # sets made before it was recorded
     return [
         check_shard(
-            str(Path(root) / r["url"]), int(r["nsamples"]), decode, r.get("filesize"), members
+            str(Path(root) / r["url"]),
+            int(r["nsamples"]),
+            decode,
+            r.get("filesize"),
+            members,
+            r.get("sha256") if checksums else None,
         )
         for r in manifest["shards"]
     ]
 
 
-def _key_at(f, data_offset: int, size: int, position: int) -> str:
-    """Key of the sample whose first component's data starts at ``data_offset``."""
-    if data_offset > size:
-        return f"#{position} (header lost)"
-    f.seek(data_offset - TAR_BLOCK)
-    return key_of(tarfile.TarInfo.frombuf(f.read(TAR_BLOCK), "utf-8", "surrogateescape").name)
-
-
 def lost_samples(tar_path: str, idx_path: str) -> list[str]:
-    """Keys of the samples whose data runs past the end of a truncated tar, from its index."""
+    """Keys of the samples whose data runs past the end of a truncated tar, from its index
+    (whose v1.2 lines name each member, so a key is known even when its header was cut)."""
     size = os.path.getsize(tar_path)
     lost = []
-    with open(tar_path, "rb") as f:
-        for i, components in enumerate(read_dali_index(idx_path)):
-            if any(o + n > size for _, o, n in components):
-                lost.append(_key_at(f, min(o for _, o, _ in components), size, i))
+    with open(idx_path) as f:
+        f.readline()  # "v1.2 <count>", checked by read_dali_index
+        lines = [line.split() for line in f]
+    for components, fields in zip(read_dali_index(idx_path), lines):
+        if any(o + n > size for _, o, n in components):
+            lost.append(key_of(fields[3]))
     return lost
 
 

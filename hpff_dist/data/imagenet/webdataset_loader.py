@@ -63,7 +63,7 @@ class ImageNetShards(SeededItems, Dataset):
             transformations=[],
             lru_size=lru_size,
         )
-        self.budget = BadSampleBudget(max_bad_samples)
+        self.budget = BadSampleBudget(max_bad_samples, len(self.shards))
         self.classes = self.split_info.classes
         self._ends = np.cumsum(self.split_info.nsamples)
 
@@ -84,7 +84,7 @@ class ImageNetShards(SeededItems, Dataset):
                 image = image.convert("RGB")
             label = int(sample[".cls"].read())
         except Exception as error:  # noqa: BLE001 - any read/decode failure is a bad sample
-            self.budget.report(shard, key, f"{type(error).__name__}: {error}")
+            self.budget.report(shard, key, f"{type(error).__name__}: {error}", index)
             return None
         return self.transform(image), torch.tensor(label, dtype=torch.int64)
 
