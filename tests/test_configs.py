@@ -31,3 +31,30 @@ def test_config_builds_what_it_built(path):
     if sig["spec"]["method"] != "e2e" and sig["spec"]["k"] > 1:
         assert len(sig["plan"]) > 1 and sig["levels"], "a local method with one module"
     assert digest(sig) == DIGESTS[str(path.relative_to(REPO))]
+
+
+CITYSCAPES = REPO / "configs/cityscapes"
+SHARD_VARIANTS = sorted(p for p in CITYSCAPES.glob("*.py") if p.stem.endswith(("_wds", "_dali")))
+
+
+def test_every_cityscapes_experiment_has_both_shard_variants():
+    folder = {p.stem for p in CITYSCAPES.glob("*.py")} - {p.stem for p in SHARD_VARIANTS}
+    assert {p.stem for p in SHARD_VARIANTS} == {f"{s}_{b}" for s in folder for b in ("wds", "dali")}
+
+
+@pytest.mark.parametrize("variant", SHARD_VARIANTS, ids=[p.stem for p in SHARD_VARIANTS])
+def test_a_shard_variant_differs_from_its_experiment_only_in_the_data(variant):
+    """`<experiment>_wds.py` / `_dali.py` repeat no setting of `<experiment>.py` but inherit
+    them: everything outside the dataset bases' keys (model, method, schedule, hooks) must
+    be equal, so a change to an experiment cannot be missing from its shard variants."""
+    from mmengine.config import Config
+
+    datasets = REPO / "configs/_base_/datasets"
+    data_keys = set()
+    for backend in ("folder", "webdataset", "dali"):
+        data_keys |= set(Config.fromfile(datasets / f"cityscapes_{backend}.py").keys())
+    experiment = variant.with_name(variant.stem.rsplit("_", 1)[0] + ".py")
+    ours, reference = Config.fromfile(variant), Config.fromfile(experiment)
+    assert set(ours.keys()) - data_keys == set(reference.keys()) - data_keys
+    for key in set(reference.keys()) - data_keys:
+        assert ours[key] == reference[key], key
