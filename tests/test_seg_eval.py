@@ -389,6 +389,11 @@ def test_tool_refuses_what_a_config_cannot_do_naming_the_fix():
     cfg.tta_model = dict(type="LocalEncoderDecoder")
     with pytest.raises(TypeError, match="not a TTA model"):
         tool.apply_test_options(cfg, _args(tta=True))
+    dali = Config.fromfile(REPO / "configs/cityscapes/deeplabv3_r101_d8_e2e_dali.py")
+    with pytest.raises(ValueError, match="deeplabv3_r101_d8_e2e_wds.py CHECKPOINT --tta"):
+        tool.apply_test_options(
+            dali, _args(tta=True, config="configs/cityscapes/deeplabv3_r101_d8_e2e_dali.py")
+        )
     classification = Config.fromfile(REPO / "configs/fashion_mnist/resnet32_e2e.py")
     for kw in (dict(slide=[8, 8, 4, 4]), dict(show_dir="d")):
         with pytest.raises(ValueError, match="for segmentation configs"):

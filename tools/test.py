@@ -142,6 +142,14 @@ def _use_tta(cfg: Any, config: str, recorder: Any) -> None:
     """mmseg's --tta, in spirit: the test pipeline becomes ``tta_pipeline`` and predictions
     come from ``tta_model`` around the model; the wrapping is done by ``TTATestLoop`` after the
     checkpoint is loaded (see segmentation/tta.py), not by replacing ``cfg.model``."""
+    loader = cfg.get("test_dataloader")
+    if isinstance(loader, Mapping) and "type" in loader and "dataset" not in loader:
+        variant = config.replace("_dali.py", "_wds.py")
+        raise ValueError(
+            f"--tta: {config} tests with the {loader['type']} loader, which has no mmseg "
+            "pipeline for TestTimeAug to run; evaluate the same checkpoint with the webdataset "
+            f"or folder config, e.g. tools/test.py {variant} CHECKPOINT --tta (same shards)"
+        )
     if not cfg.get("tta_pipeline"):
         raise KeyError(
             f"--tta: {config} has no tta_pipeline. Add one, e.g. (mmseg's): tta_pipeline = "

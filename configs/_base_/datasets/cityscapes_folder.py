@@ -13,7 +13,7 @@
 # so does RandomResize's resize_type, the transform it builds by name.
 # Images come out as uint8 (PackSegInputs); the model's SegDataPreProcessor normalises and pads.
 # Train: resize 2048x1024 by a random ratio in [0.5, 2.0] (aspect kept), random crop 512x1024
-# (re-drawn up to 10 times while one class covers more than 75% of it), flip, photometric
+# (re-drawn up to 10 times while one class covers 75% or more of it), flip, photometric
 # distortion. Val/test: the full 2048x1024 image, labels loaded after the resize (not resized).
 data_root = "{{$CITYSCAPES_ROOT:data/cityscapes}}"
 image_scale = (2048, 1024)  # (w, h), as mmcv's Resize takes it
