@@ -390,14 +390,13 @@ def test_deeplab_trains_two_iterations_from_dali_and_validates_as_the_folder_bac
     tree, shards, tmp_path
 ):
     """tools/train.py, 2 iterations (batch 2: ASPP's image pooling needs two images) and a
-    validation on the dali backend; the checkpoint's mIoU over the folder backend's val
+    validation on the dali backend with the shipped PerClassIoUMetric; the checkpoint's mIoU over the folder backend's val
     loader is the one logged (identical inputs and labels)."""
     cfg = tiny_deeplab_cfg("e2e", tree)
     for key, value in _dali_loaders(shards).items():
         setattr(cfg, key, value)
     cfg.custom_hooks = []
     cfg.visualizer.vis_backends = [dict(type="LocalVisBackend")]
-    cfg.val_evaluator = cfg.test_evaluator = dict(type="mmseg.IoUMetric", iou_metrics=["mIoU"])
     cfg.train_cfg.max_iters = cfg.train_cfg.val_interval = 2
     cfg.param_scheduler[0].end = 2
     cfg.default_hooks.checkpoint.interval = 2
