@@ -61,22 +61,16 @@ import functools
 import io
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
 
 from hpff_dist.data.cityscapes.folder import IGNORE_INDEX, check_label_values
-from hpff_dist.data.imagenet.dali_loader import (
-    _key_at,
-    drop_truncated_samples,
-    resolve_device_id,
-)
-from hpff_dist.data.imagenet.errors import BadSampleBudget, BadSampleError
-from hpff_dist.data.imagenet.ranks import check_batch_size, resolve_rank, samples_per_rank
-from hpff_dist.data.imagenet.shards import ShardedSplit, find_split, read_dali_index
+from hpff_dist.data.cityscapes.shards import MAKE_SEG_SHARDS_HINT
+from hpff_dist.data.imagenet.dali_loader import DaliShardLoader, _key_at, resolve_device_id
+from hpff_dist.data.imagenet.errors import BadSampleError
+from hpff_dist.data.imagenet.shards import ShardedSplit, read_dali_index
 
 READER_NAME = "Reader"
 IMAGE_EXTS = "png;jpg;jpeg"
@@ -351,7 +345,7 @@ def cityscapes_metainfo(classes: Sequence[str]) -> dict[str, Any]:
     return {"classes": tuple(classes), "label_map": None, "reduce_zero_label": False}
 
 
-class DaliSegLoader:
+class DaliSegLoader(DaliShardLoader):
     """Iterable of mmseg batches (``inputs`` + ``data_samples``) from a DALI pipeline over
     Cityscapes shards; the ``dali`` backend of ``configs/_base_/datasets/cityscapes_*.py``.
 
@@ -398,21 +392,22 @@ class DaliSegLoader:
     ) -> None:
         from nvidia.dali.plugin.pytorch import DALIRaggedIterator, LastBatchPolicy
 
-        self.rank, self.world_size = resolve_rank(rank, world_size)
+        indexes = self._open_split(
+            root,
+            split,
+            batch_size,
+            train,
+            drop_last,
+            max_bad_samples,
+            rank,
+            world_size,
+            hint=MAKE_SEG_SHARDS_HINT,
+        )
         self.split = split
-        self.train = split == "train" if train is None else train
-        self.drop_last = self.train if drop_last is None else drop_last
-        self.batch_size = batch_size
         self.img_root = img_root
-        self.budget = BadSampleBudget(max_bad_samples)
-        self.split_info = split_info = find_split(root, split)
-        self.metainfo = cityscapes_metainfo(split_info.classes)
+        self.metainfo = cityscapes_metainfo(self.split_info.classes)
         self.data_prefix = {"img_path": os.path.join(img_root or "", "leftImg8bit", split)}
-        self._workdir = tempfile.mkdtemp(prefix="hpff_dali_seg_idx_")
-        indexes, counts = drop_truncated_samples(split_info, self.budget, self._workdir)
-        self.num_samples = sum(counts)
-        self.samples_per_rank = samples_per_rank(self.num_samples, self.world_size)
-        self.num_batches = check_batch_size(batch_size, self.samples_per_rank, self.drop_last)
+        split_info = self.split_info
         self.device_id = resolve_device_id(device)
         self.pipeline = build_pipeline(
             split_info.tars,
@@ -442,22 +437,10 @@ class DaliSegLoader:
             auto_reset=True,
         )
 
-    def __len__(self) -> int:
-        return self.num_batches
-
-    def set_epoch(self, epoch: int) -> None:
-        """No-op: DALI reshuffles shards itself after each epoch from the constructor's seed."""
-
     def __iter__(self) -> Iterator[dict[str, list]]:
-        remaining = self.num_batches * self.batch_size if self.drop_last else self.samples_per_rank
         try:
-            for batch in self.iterator:
-                outputs = batch[0]
-                if remaining > 0:
-                    take = min(remaining, len(outputs["images"]))
-                    remaining -= take
-                    yield self._pack(outputs, take)
-                # keep draining: DALI resets only at the end of its own epoch
+            for outputs, take in self._trimmed():
+                yield self._pack(outputs, take)
         except RuntimeError as error:
             named = self._bad_sample_error(error)
             if named is error:  # ours (BadSampleError, CorruptDataError) or not a decode
@@ -532,15 +515,6 @@ class DaliSegLoader:
             f"fix the source files and {REMAKE_HINT}, or use the webdataset backend, which "
             f"skips bad samples under max_bad_samples.\nDALI: {text}"
         )
-
-    def close(self) -> None:
-        """Remove the filtered index files (if any were needed)."""
-        workdir = getattr(self, "_workdir", None)
-        if workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
-
-    def __del__(self) -> None:
-        self.close()
 
 
 def _key_of(meta: dict) -> str:

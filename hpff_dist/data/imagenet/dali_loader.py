@@ -27,6 +27,7 @@ import tarfile
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -210,7 +211,70 @@ def build_pipeline(
     return imagenet_pipeline()
 
 
-class DaliImageNetLoader:
+class DaliShardLoader:
+    """What every DALI loader over our shards shares: the ranks, the split with its truncated
+    samples left out (:func:`drop_truncated_samples`), equal steps per rank (``ceil(N / world)``
+    samples, the last batch trimmed), draining DALI's epoch, and cleaning up.
+
+    A subclass calls :meth:`_open_split`, builds ``self.pipeline`` and ``self.iterator`` over
+    the returned indexes, and iterates :meth:`_trimmed`.
+    """
+
+    def _open_split(
+        self,
+        root: str,
+        split: str,
+        batch_size: int,
+        train: bool | None,
+        drop_last: bool | None,
+        max_bad_samples: int,
+        rank: int | None,
+        world_size: int | None,
+        **find_args: Any,
+    ) -> list[str]:
+        """Set the loader's ranks, split and counts; return the index files DALI reads."""
+        self.rank, self.world_size = resolve_rank(rank, world_size)
+        self.train = split == "train" if train is None else train
+        self.drop_last = self.train if drop_last is None else drop_last
+        self.batch_size = batch_size
+        self.budget = BadSampleBudget(max_bad_samples)
+        self.split_info = find_split(root, split, **find_args)
+        self._workdir = tempfile.mkdtemp(prefix="hpff_dali_idx_")
+        indexes, counts = drop_truncated_samples(self.split_info, self.budget, self._workdir)
+        self.num_samples = sum(counts)
+        self.samples_per_rank = samples_per_rank(self.num_samples, self.world_size)
+        self.num_batches = check_batch_size(batch_size, self.samples_per_rank, self.drop_last)
+        return indexes
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def set_epoch(self, epoch: int) -> None:
+        """No-op: DALI reshuffles shards itself after each epoch from the constructor's seed."""
+
+    def _trimmed(self) -> Iterator[tuple[dict[str, Any], int]]:
+        """``(outputs, take)`` per batch: the DALI outputs and how many of its samples belong
+        to this rank's epoch (the padding of the last batch is left out)."""
+        remaining = self.num_batches * self.batch_size if self.drop_last else self.samples_per_rank
+        for batch in self.iterator:
+            outputs = batch[0]
+            if remaining > 0:
+                take = min(remaining, len(outputs["images"]))
+                remaining -= take
+                yield outputs, take
+            # keep draining: DALI resets only at the end of its own epoch
+
+    def close(self) -> None:
+        """Remove the filtered index files (if any were needed)."""
+        workdir = getattr(self, "_workdir", None)
+        if workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    def __del__(self) -> None:
+        self.close()
+
+
+class DaliImageNetLoader(DaliShardLoader):
     """Iterable of ``(images, labels)`` batches from a DALI pipeline; same contract as the others.
 
     Args:
@@ -247,17 +311,10 @@ class DaliImageNetLoader:
     ) -> None:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-        self.rank, self.world_size = resolve_rank(rank, world_size)
-        self.train = split == "train" if train is None else train
-        self.drop_last = self.train if drop_last is None else drop_last
-        self.batch_size = batch_size
-        self.budget = BadSampleBudget(max_bad_samples)
-        self.split_info = split_info = find_split(root, split)
-        self._workdir = tempfile.mkdtemp(prefix="hpff_dali_idx_")
-        indexes, counts = drop_truncated_samples(split_info, self.budget, self._workdir)
-        self.num_samples = sum(counts)
-        self.samples_per_rank = samples_per_rank(self.num_samples, self.world_size)
-        self.num_batches = check_batch_size(batch_size, self.samples_per_rank, self.drop_last)
+        indexes = self._open_split(
+            root, split, batch_size, train, drop_last, max_bad_samples, rank, world_size
+        )
+        split_info = self.split_info
         self.device_id = resolve_device_id(device)
         self.pipeline = build_pipeline(
             split_info.tars,
@@ -282,22 +339,10 @@ class DaliImageNetLoader:
             auto_reset=True,
         )
 
-    def __len__(self) -> int:
-        return self.num_batches
-
-    def set_epoch(self, epoch: int) -> None:
-        """No-op: DALI reshuffles shards itself after each epoch from the constructor's seed."""
-
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        remaining = self.num_batches * self.batch_size if self.drop_last else self.samples_per_rank
         try:
-            for batch in self.iterator:
-                images, labels = batch[0]["images"], batch[0]["labels"]
-                if remaining > 0:
-                    take = min(remaining, images.shape[0])
-                    remaining -= take
-                    yield images[:take], labels[:take].long()
-                # keep draining: DALI resets only at the end of its own epoch
+            for outputs, take in self._trimmed():
+                yield outputs["images"][:take], outputs["labels"][:take].long()
         except RuntimeError as error:
             raise self._bad_sample_error(error) from error
 
@@ -315,12 +360,3 @@ class DaliImageNetLoader:
             "fix or re-make the shard (tools/make_shards.py), or use the webdataset backend, "
             f"which skips bad samples under max_bad_samples.\nDALI: {text}"
         )
-
-    def close(self) -> None:
-        """Remove the filtered index files (if any were needed)."""
-        workdir = getattr(self, "_workdir", None)
-        if workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
-
-    def __del__(self) -> None:
-        self.close()
