@@ -40,6 +40,7 @@ from hpff_dist.local.registry import HEADS, HeadContext, Registry
 from hpff_dist.local.schedule import StepOutput, e2e_step, one_forward_step, reference_step
 from hpff_dist.local.spec import METHODS, PRESETS, LocalSpec, PFFSpec, build_spec, register_preset
 from hpff_dist.local.split import SPLIT_TABLES, SplitPlan, balanced_split, build_split_plan
+from hpff_dist.local.token_heads import TokenClassifierHead, TokenReconstructionHead
 
 __all__ = [
     "FeatureInfo",
@@ -100,4 +101,6 @@ __all__ = [
     "SplitPlan",
     "balanced_split",
     "build_split_plan",
+    "TokenClassifierHead",
+    "TokenReconstructionHead",
 ]

@@ -119,6 +119,8 @@ class DensePatchwiseReconstruction(PatchwiseReconstruction):
     scaled to the image (the rule label patches follow). Config: ``dict(type=
     'DensePatchwiseReconstruction', n=2, patch_loss='mean', head=<decoder cfg>)``."""
 
+    layouts = ("NCHW",)  # cuts the image like a map; token groups: PatchwiseReconstruction
+
     def _pairs(self, feature: Tensor, image: Tensor | None) -> list[tuple[Tensor, Tensor]]:
         if image is None:
             raise ValueError("a reconstruction head needs the restored input image")

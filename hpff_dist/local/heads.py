@@ -246,7 +246,11 @@ class InfoProHead(LocalHead):
     Config: ``dict(type='InfoProHead', reconstruction=<head cfg>, classifier=<head cfg>,
     ixx_1=, ixy_1=, ixx_2=, ixy_2=)``: the weights at this module follow InfoPro's linear
     schedule (``lambda_schedule``); where both are 0 no head is built (None).
+    It takes either layout: its parts are built through the registry, which checks theirs
+    (CNN decoder + classifier on maps, token decoder + classifier on ViT tokens).
     """
+
+    layouts = ("NCHW", "NLC")
 
     @classmethod
     def from_config(

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 import hpff_dist.local.dense_heads  # noqa: F401  (registers the segmentation heads)
 import hpff_dist.local.imagenet_heads  # noqa: F401  (registers the ImageNet-style heads)
 import hpff_dist.local.pff  # noqa: F401  (registers the PFF wrappers)
+import hpff_dist.local.token_heads  # noqa: F401  (registers the ViT token heads)
 from hpff_dist.local.backward import Backward, PlainBackward
 from hpff_dist.local.features import FeatureInfo
 from hpff_dist.local.heads import LocalHead, NetHead, TaskLoss

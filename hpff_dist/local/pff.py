@@ -10,7 +10,8 @@ Paper variant (default): the SAME aux net sees every patch of the feature map.
   the sum (``patch_loss='sum'``, the reference's effective scale: it sums n*n decoders' BCE)
   or the mean over patches, so patches are simply forwarded and backpropagated one by one.
 * token features (``NLC``, ViT): the patches are n x n groups of the token grid; prefix tokens
-  (the class token) belong to no patch.
+  (the class token) belong to no patch. A decoder's group reconstructs the image pixels its
+  tokens cover (the image is cut at the token boundaries scaled to its size).
 Gradients equal the all-patches-at-once computation, which ``forward`` performs.
 
 ``official`` variant: what the reference code does on CIFAR: n*n separate decoders, one per
@@ -26,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from hpff_dist.local.backward import Backward, backward_vjp
+from hpff_dist.local.dense import split_like_feature
 from hpff_dist.local.features import LAYOUTS, split_patches
 from hpff_dist.local.heads import (
     ClassifierHeadBase,
@@ -193,27 +195,46 @@ class PatchwiseReconstruction(LocalHead):
     ``patch_loss``: ``'sum'`` of the patches' BCE (the reference's effective scale: its CIFAR
     code sums n*n decoders' losses) or their ``'mean'`` (n*n times smaller). Config:
     ``dict(type='PatchwiseReconstruction', n=2, patch_loss='sum', head=<decoder cfg>)``.
+    On token features (``layout='NLC'``) the groups of grid tokens are paired with the image
+    cut at the token boundaries (``split_like_feature``), so a group of r x c tokens gets the
+    r x c token cells of pixels it covers; prefix tokens belong to no group.
     """
+
+    layouts = LAYOUTS
 
     @classmethod
     def from_config(
         cls, ctx: HeadContext, head: dict, n: int = 2, patch_loss: str = "sum"
     ) -> PatchwiseReconstruction:
         _check_n(n, ctx)
-        return cls(HEADS.build(head, ctx), n, patch_loss)
+        feature = ctx.feature
+        return cls(HEADS.build(head, ctx), n, patch_loss, feature.layout, feature.prefix_tokens)
 
-    def __init__(self, inner: LocalHead, n: int = 2, patch_loss: str = "sum") -> None:
+    def __init__(
+        self,
+        inner: LocalHead,
+        n: int = 2,
+        patch_loss: str = "sum",
+        layout: str = "NCHW",
+        prefix_tokens: int = 0,
+    ) -> None:
         super().__init__()
         if patch_loss not in PATCH_LOSSES:
             raise ValueError(f"patch_loss must be one of {PATCH_LOSSES}, got {patch_loss!r}")
         self.inner = inner
         self.n = n
         self.patch_loss = patch_loss
+        self.layout = layout
+        self.prefix_tokens = prefix_tokens
         self._divisor = n * n if patch_loss == "mean" else 1
 
     def _pairs(self, feature: Tensor, image: Tensor | None) -> list[tuple[Tensor, Tensor]]:
         if image is None:
             raise ValueError("a reconstruction head needs the restored input image")
+        if self.layout == "NLC":
+            groups = split_patches(feature, self.n, "NLC", self.prefix_tokens)
+            side = int(round((feature.shape[1] - self.prefix_tokens) ** 0.5))
+            return list(zip(groups, split_like_feature(image, (side, side), self.n)))
         return list(zip(split_patches(feature, self.n), split_patches(image, self.n)))
 
     def forward(self, feature: Tensor, targets: Tensor, image: Tensor | None = None) -> HeadOutput:

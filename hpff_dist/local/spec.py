@@ -17,13 +17,14 @@ from hpff_dist.local.heads import LOCAL_LOSSES, parse_aux_net
 from hpff_dist.local.levels import Level, check_levels, level_from, refuse_unknown_keys
 from hpff_dist.local.pff import PATCH_LOSSES, PFF_VARIANTS
 from hpff_dist.local.schedule import SCHEDULE_FUNCTIONS
+from hpff_dist.local.token_heads import TOKEN_AUX_NETS, parse_token_aux_net
 
 HEAD_KINDS = ("classifier", "infopro")
 LEVELS = ("independent", "cascade")
 FIRST_MODULE = ("cascade_only", "independent", "both")
 LAST_MODULE = ("both", "independent", "cascade")
 NAMED_AUX_NETS = ("bottleneck",)
-DECODERS = ("interpolate", "progressive")
+DECODERS = ("interpolate", "progressive", "token")
 
 
 @dataclass(frozen=True)
@@ -68,10 +69,14 @@ class LocalSpec:
     ``schedule``: ``'one_forward'`` (ours) or ``'reference'`` (the reference's three paths).
     ``aux_pool``: the classifier heads' pool side (1: global, the reference; 2: a 2x2 grid).
     ``aux_net``: ``'<a>c<b>f'`` (CIFAR-style ``ClassifierAuxHead``) or ``'bottleneck'``
-    (``BottleneckAuxHead``: 1x1 reduce, two stride-2 3x3 convs, 1x1 expand to ``feature_dim``).
+    (``BottleneckAuxHead``: 1x1 reduce, two stride-2 3x3 convs, 1x1 expand to ``feature_dim``)
+    or, for token features (ViT), ``'token1f'``/``'token2f'`` (``TokenClassifierHead``:
+    LayerNorm, mean over the grid tokens, 1 or 2 linear layers of width ``feature_dim``).
     ``decoder``: InfoPro's decoder, ``'interpolate'`` (``ReconstructionHead``: upsample the
     full feature, then convs, the first fused with the upsampling; CIFAR) or ``'progressive'`` (``ProgressiveReconstructionHead``:
-    1x1 reduce to ``decoder_width``, then x2 upsampling stages; ImageNet).
+    1x1 reduce to ``decoder_width``, then x2 upsampling stages; ImageNet) or ``'token'``
+    (``TokenReconstructionHead``: ViT grid tokens laid out as their map, then the
+    ``'interpolate'`` decoder).
     """
 
     method: str
@@ -110,14 +115,16 @@ class LocalSpec:
         _check("last_module", self.last_module, LAST_MODULE)
         _check("schedule", self.schedule, tuple(SCHEDULE_FUNCTIONS))
         _check("decoder", self.decoder, DECODERS)
-        if self.aux_net not in NAMED_AUX_NETS:
+        if self.aux_net not in NAMED_AUX_NETS and parse_token_aux_net(self.aux_net) is None:
             try:
                 parse_aux_net(self.aux_net)
             except ValueError as err:
-                raise ValueError(f"{err}, or one of {NAMED_AUX_NETS}") from None
+                raise ValueError(f"{err}, or one of {NAMED_AUX_NETS + TOKEN_AUX_NETS}") from None
         if self.aux_pool < 1:
             raise ValueError(f"aux_pool must be >= 1, got {self.aux_pool}")
-        if self.aux_pool != 1 and self.aux_net in NAMED_AUX_NETS:
+        if self.aux_pool != 1 and (
+            self.aux_net in NAMED_AUX_NETS or parse_token_aux_net(self.aux_net) is not None
+        ):
             raise ValueError(f"aux_pool applies to '<a>c<b>f' heads, not aux_net={self.aux_net!r}")
         if self.decoder_width < 1:
             raise ValueError(f"decoder_width must be >= 1, got {self.decoder_width}")
@@ -207,6 +214,11 @@ class LocalSpec:
                 feature_dim=self.feature_dim,
                 **common,
             )
+        token_fcs = parse_token_aux_net(self.aux_net)
+        if token_fcs is not None:
+            return dict(
+                type="TokenClassifierHead", fcs=token_fcs, feature_dim=self.feature_dim, **common
+            )
         return dict(
             type="ClassifierAuxHead",
             config=self.aux_net,
@@ -219,6 +231,11 @@ class LocalSpec:
         if self.decoder == "progressive":
             return dict(
                 type="ProgressiveReconstructionHead", width=self.decoder_width, widen=self.widen
+            )
+        if self.decoder == "token":
+            return dict(
+                type="TokenReconstructionHead",
+                head=dict(type="ReconstructionHead", widen=self.widen),
             )
         return dict(type="ReconstructionHead", widen=self.widen)
 
