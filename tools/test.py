@@ -12,8 +12,16 @@ Segmentation configs (mmseg segmentors) also take:
                                            and ``tta_model`` (``SegTTAAverage``)
   --show-dir DIR                           image | ground truth | prediction PNG per image
 ``--out`` then holds ``aAcc``, ``mIoU``, ``mAcc`` and ``IoU.<class>``/``Acc.<class>``
-(percent; ``null`` for NaN). Every change these options make to the config is logged and
-appended to the work dir's ``config_changes.json`` (``by: tools/test.py``).
+(percent; ``null`` for NaN).
+
+CIFAR-10 classification configs also take:
+  --test-dataset stl10   test on STL-10's test split (``--data-root``: the folder holding
+                         ``stl10_binary/``; default data/stl10): 96 -> 32 by area, the
+                         checkpoint's CIFAR-10 normalisation, STL labels mapped to CIFAR
+                         classes (hpff_dist/engine/cross_dataset.py, docs/generalization.md)
+
+Every change these options make to the config is logged and appended to the work dir's
+``config_changes.json`` (``by: tools/test.py``).
 """
 
 from __future__ import annotations
@@ -64,6 +72,12 @@ def parse_args() -> argparse.Namespace:
         "by its tta_model",
     )
     p.add_argument(
+        "--test-dataset",
+        choices=["stl10"],
+        help="classification: test a CIFAR-10 checkpoint on another dataset's test split "
+        "with the class map between the label sets (--data-root: that dataset's folder)",
+    )
+    p.add_argument(
         "--show-dir",
         help="segmentation: write image | ground truth | prediction PNGs (dataset palette) here",
     )
@@ -101,9 +115,10 @@ def main() -> None:
 
 
 def apply_test_options(cfg: Any, args: argparse.Namespace) -> list:
-    """The config changes ``--slide``, ``--tta`` and ``--show-dir`` ask for (and dropping
-    label loading where the test dataset lists no labels), made on ``cfg`` and returned as
-    records; a config that cannot do what is asked is refused with what to add."""
+    """The config changes ``--slide``, ``--tta``, ``--show-dir`` and ``--test-dataset`` ask
+    for (and dropping label loading where the test dataset lists no labels), made on ``cfg``
+    and returned as records; a config that cannot do what is asked is refused with what to
+    add."""
     from hpff_dist.engine.changes import ChangeRecorder
 
     recorder = ChangeRecorder(by=_BY)
@@ -116,6 +131,10 @@ def apply_test_options(cfg: Any, args: argparse.Namespace) -> list:
             )
     if segmentation:
         _import_segmentation()
+    if getattr(args, "test_dataset", None):
+        from hpff_dist.engine.cross_dataset import TEST_DATASETS
+
+        TEST_DATASETS[args.test_dataset](cfg, args.config, args.data_root, recorder)
     if args.slide:
         crop_h, crop_w, stride_h, stride_w = args.slide
         if min(args.slide) <= 0:

@@ -7,4 +7,11 @@ wrappers, strategy). The DeepSpeed modules are imported when a config asks for t
 registries list them in ``locations``), and DeepSpeed itself only when its strategy is built.
 """
 
-from hpff_dist.engine import hooks, local_curves, metrics, preemption, resumable_loop  # noqa: F401
+from hpff_dist.engine import (  # noqa: F401
+    cross_dataset,
+    hooks,
+    local_curves,
+    metrics,
+    preemption,
+    resumable_loop,
+)
