@@ -213,6 +213,28 @@ def test_test_dataset_refuses_a_config_that_does_not_test_on_cifar10():
         tool.apply_test_options(cfg, args)
 
 
+def test_stl10_images_then_take_the_configs_own_test_steps():
+    """A ViT-B/16 config tests CIFAR-10 at 224: STL-10's images are brought to 32x32, then
+    resized to 224 as its CIFAR test images are, and a batch runs through that pipeline."""
+    import torch
+
+    from hpff_dist.data.transforms import build_pipeline
+
+    tool = _tool("test.py")
+    config = "configs/cifar10/vit_b16_e2e.py"
+    cfg = Config.fromfile(REPO / config)
+    args = Namespace(
+        config=config, slide=None, tta=False, show_dir=None, test_dataset="stl10", data_root=None
+    )
+    tool.apply_test_options(cfg, args)
+    steps = [t["type"] for t in cfg.test_dataloader.dataset.pipeline]
+    assert steps == ["ToFloatImage", "DownsampleImage", "Resize"]
+    image = build_pipeline(cfg.test_dataloader.dataset.pipeline)(
+        torch.randint(0, 256, (3, 96, 96), dtype=torch.uint8)
+    )
+    assert image.shape == (3, 224, 224) and image.dtype == torch.float32
+
+
 def _work_dir(config: Path, path: Path) -> Path:
     """What tools/train.py leaves that the table needs: resolved_config.py, a checkpoint and
     last_checkpoint naming it."""

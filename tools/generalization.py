@@ -206,8 +206,9 @@ def _number(value: float | None) -> str:
 
 
 def format_table(rows: dict) -> str:
-    """Markdown: a row per method; per network our STL-10 top-1 (9 classes, 10 classes,
-    naive), the paper's, and CIFAR-10 where tested."""
+    """Markdown: a row per method (with the K its runs used: the column headers carry the
+    paper's); per network our STL-10 top-1 (9 classes, 10 classes, naive), the paper's, and
+    CIFAR-10 where tested."""
     networks = _networks(rows)
     head, rule = ["method"], ["---"]
     for net in networks:
@@ -217,7 +218,8 @@ def format_table(rows: dict) -> str:
         rule += ["---:"] * (len(STL_COLUMNS) + 2)
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(rule) + "|"]
     for method, cells in rows.items():
-        row = [method]
+        ks = sorted({c["k"] for c in cells.values() if c.get("k")})
+        row = [method + (f" (K={'/'.join(map(str, ks))})" if ks else "")]
         for net in networks:
             cell = cells.get(net, {})
             row += [_number(cell.get(key)) for key in STL_COLUMNS]

@@ -187,13 +187,29 @@ def use_stl10_test_set(cfg: Any, config: str, data_root: str | None, recorder: A
     recorder.set(dataset, "split", "test", why + "the 8,000 labelled test images", f"{path}.split")
     root = data_root or STL10_DEFAULT_ROOT
     recorder.set(dataset, "root", root, why + "folder holding stl10_binary/", f"{path}.root")
-    pipeline = [dict(type="ToFloatImage"), dict(type="DownsampleImage", size=32, filter="area")]
+    # STL-10's 96x96 images become CIFAR-sized 32x32 ones, then go through the config's own
+    # test steps (e.g. a ViT config's resize to 224), so the model sees what its CIFAR test
+    # images go through.
+    own_steps = [
+        dict(step)
+        for step in dataset.get("pipeline") or []
+        if not (
+            isinstance(step, Mapping)
+            and step.get("type") in ("ToFloatImage", "hpff_dist.ToFloatImage")
+        )
+    ]
+    pipeline = [
+        dict(type="ToFloatImage"),
+        dict(type="DownsampleImage", size=32, filter="area"),
+        *own_steps,
+    ]
     recorder.set(
         dataset,
         "pipeline",
         pipeline,
-        why + "96x96 -> 32x32, each pixel the mean of its 3x3 block (area: antialiased); "
-        "normalised by the checkpoint config's CIFAR-10 mean/std",
+        why + "96x96 -> 32x32, each pixel the mean of its 3x3 block (area: antialiased), then "
+        "the config's own CIFAR-10 test steps; normalised by the checkpoint config's "
+        "CIFAR-10 mean/std",
         f"{path}.pipeline",
     )
     metric = dict(

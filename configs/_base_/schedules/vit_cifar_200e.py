@@ -1,7 +1,9 @@
 # ViT on CIFAR-10 (the paper's supplementary Table 2): 200 epochs at batch 1024, AdamW
 # (lr 1e-3 = DeiT's 5e-4 per 512 images, betas 0.9/0.999, weight decay 0.05, none on norms,
 # biases, class token and position embedding), 10-epoch linear warm-up then cosine to 1e-5,
-# gradient clipping at norm 1 (over the whole step's gradients, after every local backward).
+# gradient clipping at norm 1: once per step by the global norm over every module's gradients
+# (mmengine's OptimWrapper), so a module with a large gradient scales all modules' updates
+# alike; what each gradient holds stays local.
 max_epochs = 200
 optim_wrapper = dict(
     type="OptimWrapper",
