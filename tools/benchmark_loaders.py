@@ -287,8 +287,7 @@ def dali_seg_stages(cfg: dict, samples: int) -> dict[str, dict]:
     from nvidia.dali import fn, pipeline_def, types
 
     from hpff_dist.data.cityscapes.dali_loader import IMAGE_EXTS, LABEL_EXT
-    from hpff_dist.data.cityscapes.shards import sample_components
-    from hpff_dist.data.imagenet.shards import find_split
+    from hpff_dist.data.imagenet.shards import find_split, sample_components
 
     split = find_split(cfg["root"], cfg.get("split", "train"))
     members = [

@@ -70,7 +70,7 @@ from hpff_dist.data.cityscapes.folder import IGNORE_INDEX, check_label_values
 from hpff_dist.data.cityscapes.shards import MAKE_SEG_SHARDS_HINT
 from hpff_dist.data.imagenet.dali_loader import DaliShardLoader, _key_at, resolve_device_id
 from hpff_dist.data.imagenet.errors import BadSampleError
-from hpff_dist.data.imagenet.shards import ShardedSplit, read_dali_index
+from hpff_dist.data.imagenet.shards import ShardedSplit, find_bad_images
 
 READER_NAME = "Reader"
 IMAGE_EXTS = "png;jpg;jpeg"
@@ -292,21 +292,12 @@ def _check_pair(
 
 
 def find_bad_pairs(split: ShardedSplit, limit: int = 10) -> list[tuple[str, str, str]]:
-    """Scan a split's (image, label) pairs with PIL; up to ``limit`` ``(tar, key, error)``.
+    """Scan a split's (image, label) pairs; up to ``limit`` ``(tar, key, error)``.
 
-    Used after DALI reports a failure without saying which sample failed (the ImageNet
-    ``find_bad_images`` checks images only)."""
-    bad: list[tuple[str, str, str]] = []
-    for tar, idx in zip(split.tars, split.indexes):
-        size = os.path.getsize(tar)
-        for components in read_dali_index(idx):
-            if all(o + n <= size for _, o, n in components):
-                result = _check_pair(tar, components, len(split.classes))
-                if result is not None:
-                    bad.append((tar, *result))
-                    if len(bad) >= limit:
-                        return bad
-    return bad
+    Used after DALI reports a failure without saying which sample failed (ImageNet's
+    ``find_bad_images`` with the pair check instead of the image check)."""
+    check = functools.partial(_check_pair, num_classes=len(split.classes))
+    return find_bad_images(split, limit, check=check)
 
 
 def shard_of(split: ShardedSplit, key: str) -> str:

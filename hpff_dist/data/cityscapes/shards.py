@@ -27,12 +27,12 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from hpff_dist.data.errors import CorruptDataError
-from hpff_dist.data.imagenet.shard_checks import key_of, read_members
+from hpff_dist.data.imagenet.shard_checks import read_members
+from hpff_dist.data.imagenet.shards import key_of
 from hpff_dist.data.shard_writer import ShardSize, tar_bytes, write_split_shards
 
 LABEL_MEMBER = "seg.png"
@@ -264,23 +264,3 @@ def shard_member_url(tar: str, key: str, ext: str) -> str:
     """The ``wds://`` path of one member, read by the file backend of
     :mod:`hpff_dist.data.cityscapes.webdataset_loader`."""
     return f"wds://{tar}#{key}.{ext}"
-
-
-def sample_components(idx_path: str) -> list[dict[str, Any]]:
-    """Per sample of a DALI v1.2 index: its key and ``{ext: (offset, size)}``, without
-    touching the tar (the index lists each member's file name)."""
-    with open(idx_path) as f:
-        header = f.readline().split()
-        if len(header) != 2 or header[0] != "v1.2":
-            raise ValueError(f"{idx_path}: not a DALI v1.2 webdataset index (header {header})")
-        samples = []
-        for line in f:
-            fields = line.split()
-            parts = [fields[i : i + 4] for i in range(0, len(fields), 4)]
-            samples.append(
-                {
-                    "key": key_of(parts[0][3]),
-                    "members": {ext: (int(off), int(size)) for ext, off, size, _ in parts},
-                }
-            )
-    return samples

@@ -32,13 +32,12 @@ from mmengine.fileio.backends import BaseStorageBackend, register_backend
 from hpff_dist.data.cityscapes.shards import (
     LABEL_MEMBER,
     MAKE_SEG_SHARDS_HINT,
-    sample_components,
     shard_member_url,
 )
 from hpff_dist.data.errors import CorruptDataError
 from hpff_dist.data.imagenet.errors import BadSampleBudget, BadSampleError
 from hpff_dist.data.imagenet.shard_checks import check_sizes_at_start
-from hpff_dist.data.imagenet.shards import IMAGE_EXTS, find_split
+from hpff_dist.data.imagenet.shards import IMAGE_EXTS, find_split, sample_components
 from hpff_dist.data.shard_writer import index_path_for
 from hpff_dist.registry import DATASETS
 

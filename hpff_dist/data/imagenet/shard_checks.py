@@ -24,7 +24,9 @@ from hpff_dist.data.imagenet.shards import (
     ShardedSplit,
     decode_error,
     index_path_for,
+    key_of,
     read_dali_index,
+    sample_components,
 )
 
 _IMAGE_EXTS = frozenset(IMAGE_EXTS.split(";"))
@@ -49,11 +51,6 @@ class ShardCheck:
     @property
     def ok(self) -> bool:
         return not (self.problem or self.index_problem or self.bad_images)
-
-
-def key_of(member_name: str) -> str:
-    """Sample key of a tar member: its name up to the first dot of the file name."""
-    return member_name[: member_name.find(".", member_name.rfind("/") + 1)]
 
 
 def read_members(tar_path: str) -> tuple[list[tarfile.TarInfo], str | None]:
@@ -186,14 +183,11 @@ def lost_samples(tar_path: str, idx_path: str) -> list[str]:
     """Keys of the samples whose data runs past the end of a truncated tar, from its index
     (whose v1.2 lines name each member, so a key is known even when its header was cut)."""
     size = os.path.getsize(tar_path)
-    lost = []
-    with open(idx_path) as f:
-        f.readline()  # "v1.2 <count>", checked by read_dali_index
-        lines = [line.split() for line in f]
-    for components, fields in zip(read_dali_index(idx_path), lines):
-        if any(o + n > size for _, o, n in components):
-            lost.append(key_of(fields[3]))
-    return lost
+    return [
+        sample["key"]
+        for sample in sample_components(idx_path)
+        if any(o + n > size for o, n in sample["members"].values())
+    ]
 
 
 def _size_problem(split: ShardedSplit, i: int) -> tuple[str, list[str] | None] | None:

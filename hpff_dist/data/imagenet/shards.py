@@ -16,9 +16,10 @@ import json
 import os
 import tarfile
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
@@ -188,8 +189,14 @@ def make_split_shards(
     )
 
 
-def read_dali_index(idx_path: str) -> list[list[tuple[str, int, int]]]:
-    """Parse a ``wds2idx`` v1.2 index: per sample, ``(ext, data_offset, size)`` per component."""
+def key_of(member_name: str) -> str:
+    """Sample key of a tar member: its name up to the first dot of the file name."""
+    return member_name[: member_name.find(".", member_name.rfind("/") + 1)]
+
+
+def _index_entries(idx_path: str) -> list[list[tuple[str, int, int, str]]]:
+    """Parse a ``wds2idx`` v1.2 index: per sample, ``(ext, data_offset, size, name)`` per
+    component (v1.2 lines are "ext offset size name" quadruples)."""
     with open(idx_path) as f:
         header = f.readline().split()
         if len(header) != 2 or header[0] != "v1.2":
@@ -197,16 +204,32 @@ def read_dali_index(idx_path: str) -> list[list[tuple[str, int, int]]]:
         samples = []
         for line in f:
             fields = line.split()
-            # v1.2 components are "ext offset size name" quadruples
             samples.append(
                 [
-                    (fields[i], int(fields[i + 1]), int(fields[i + 2]))
+                    (fields[i], int(fields[i + 1]), int(fields[i + 2]), fields[i + 3])
                     for i in range(0, len(fields), 4)
                 ]
             )
     if len(samples) != int(header[1]):
         raise ValueError(f"{idx_path}: header says {header[1]} samples, found {len(samples)}")
     return samples
+
+
+def read_dali_index(idx_path: str) -> list[list[tuple[str, int, int]]]:
+    """Per sample of a ``wds2idx`` v1.2 index, ``(ext, data_offset, size)`` per component."""
+    return [[(ext, off, size) for ext, off, size, _ in c] for c in _index_entries(idx_path)]
+
+
+def sample_components(idx_path: str) -> list[dict[str, Any]]:
+    """Per sample of a DALI v1.2 index: its key and ``{ext: (offset, size)}``, without
+    touching the tar (the index lists each member's file name)."""
+    return [
+        {
+            "key": key_of(components[0][3]),
+            "members": {ext: (off, size) for ext, off, size, _ in components},
+        }
+        for components in _index_entries(idx_path)
+    ]
 
 
 def read_labels(tar_path: str) -> Iterator[tuple[str, int]]:
@@ -301,20 +324,26 @@ def _check_image(tar: str, components: list[tuple[str, int, int]]) -> tuple[str,
 
 
 def find_bad_images(
-    split: ShardedSplit, limit: int = 10, threads: int = 8
+    split: ShardedSplit,
+    limit: int = 10,
+    threads: int = 8,
+    check: Callable[[str, list[tuple[str, int, int]]], tuple[str, str] | None] | None = None,
 ) -> list[tuple[str, str, str]]:
-    """Scan a split's images with PIL; return up to ``limit`` ``(tar, key, error)`` failures.
+    """Scan a split's samples (those whole in their tar); return up to ``limit``
+    ``(tar, key, error)`` failures of ``check(tar, components)`` (default: the image fails a
+    PIL decode).
 
     Used after DALI reports a decode failure without saying which sample failed.
     """
     from concurrent.futures import ThreadPoolExecutor
 
+    check = check or _check_image
     bad: list[tuple[str, str, str]] = []
     with ThreadPoolExecutor(threads) as pool:
         for tar, idx in zip(split.tars, split.indexes):
             size = os.path.getsize(tar)
             samples = [c for c in read_dali_index(idx) if all(o + n <= size for _, o, n in c)]
-            for result in pool.map(lambda c, t=tar: _check_image(t, c), samples):
+            for result in pool.map(lambda c, t=tar: check(t, c), samples):
                 if result is not None:
                     bad.append((tar, *result))
             if len(bad) >= limit:
