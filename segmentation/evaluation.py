@@ -265,7 +265,7 @@ def _open_image(img_path: str, data_batch: Any, index: int) -> Image.Image:
 
     try:
         return Image.open(io.BytesIO(fileio.get(img_path)))
-    except (FileNotFoundError, OSError):
+    except OSError:  # FileNotFoundError included
         inputs = data_batch.get("inputs") if isinstance(data_batch, dict) else None
         if not inputs or index >= len(inputs) or isinstance(inputs[0], (list, tuple)):
             raise
