@@ -238,6 +238,35 @@ def test_venv_is_built_once_and_keyed_on_the_requirements(tmp_path):
     assert len(_programs(calls, "pip")) == 3
 
 
+# `df -Pk DIR`: POSIX output with STUB_FREE_KIB available (the fourth field of the second line).
+DF_BODY = (
+    'print("Filesystem 1024-blocks Used Available Capacity Mounted on")\n'
+    "print(f\"/dev/stub 100000000 1 {os.environ['STUB_FREE_KIB']} 1% /\")"
+)
+
+
+def test_venv_build_stops_first_when_the_disk_is_too_full(tmp_path):
+    stubs = {**{n: BODIES[n] for n in ("id", "dpkg", "apt-get", "sudo")}, "python3.11": PYTHON_BODY}
+    stubs["df"] = DF_BODY
+    env = {"PIP_STUB": PIP_STUB.format(python=sys.executable), "STUB_FREE_KIB": str(3 * 1024**2)}
+    proc, calls = _run(tmp_path, "venv", uid=0, installed=PACKAGE_LIST, stubs=stubs, env=env)
+    assert proc.returncode != 0
+    assert "only 3 GiB free" in proc.stderr and "VENV=" in proc.stderr, proc.stderr
+    assert [c["argv"] for c in calls if c["prog"] == "df"] == [["-Pk", "."]]
+    assert _programs(calls, "python3.11", "pip") == []  # nothing half-installed
+    # The bar is the user's: lowered, the same disk is enough.
+    proc, calls = _run(
+        tmp_path,
+        "venv",
+        uid=0,
+        installed=PACKAGE_LIST,
+        stubs=stubs,
+        env={**env, "VENV_MIN_FREE_GIB": "2"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert _programs(calls, "python3.11") == [("python3.11", ["-m", "venv", ".venv"])]
+
+
 def test_bootstrap_script_refuses_unknown_step(tmp_path):
     proc = subprocess.run(
         ["bash", str(REPO / "tools/bootstrap.sh"), "everything"],

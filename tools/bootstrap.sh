@@ -14,7 +14,8 @@
 # editable install on a hash of pyproject.toml: a second run installs nothing.
 #
 # Environment: PYTHON (interpreter for the venv, default python3.11), VENV (default .venv),
-# DEBIAN_PACKAGES_FILE (default requirements-debian.txt).
+# DEBIAN_PACKAGES_FILE (default requirements-debian.txt), VENV_MIN_FREE_GIB (free space a new
+# venv needs, default 8; 0: no check).
 set -euo pipefail
 
 script=${BASH_SOURCE[0]}
@@ -99,6 +100,22 @@ install_debian_packages() {
 
 hash_of() { cat "$@" | sha256sum | cut -c1-16; }
 
+# A new venv takes about 7 GiB (torch with its CUDA libraries, triton, DeepSpeed, DALI); pip
+# running out of space half-way leaves a broken venv and an OSError far from the cause, so the
+# free space is checked first. VENV_MIN_FREE_GIB (default 8) sets the bar, 0 turns it off.
+check_free_space() {
+    local need_gib=${VENV_MIN_FREE_GIB:-8} where avail_kib
+    where=.
+    [[ $VENV != */* ]] || where=${VENV%/*}
+    [ -n "$where" ] || where=/
+    command -v df >/dev/null 2>&1 || return 0
+    avail_kib=$(df -Pk "$where" | { read -r _ && read -r _ _ _ a _ && printf '%s' "$a"; }) || return 0
+    [[ $avail_kib =~ ^[0-9]+$ ]] || return 0
+    if ((avail_kib < need_gib * 1024 * 1024)); then
+        fail "only $((avail_kib / 1024 / 1024)) GiB free where $VENV goes ($where); the venv needs about 7 GiB (torch with its CUDA libraries, DeepSpeed, DALI). Free some space, or set VENV=/a/path/with/room (VENV_MIN_FREE_GIB=N changes this check, 0 turns it off)"
+    fi
+}
+
 build_venv() {
     export DS_BUILD_OPS=0 # DeepSpeed: no C++/CUDA op builds at install time
     local stamp pkg_stamp
@@ -107,6 +124,7 @@ build_venv() {
     if [ ! -f "$stamp" ]; then
         command -v "$PYTHON" >/dev/null 2>&1 ||
             fail "$PYTHON not found; install Python 3.11 or set PYTHON=/path/to/python3.11"
+        check_free_space
         say "building $VENV for ${stamp##*/}"
         rm -rf "$VENV"
         "$PYTHON" -m venv "$VENV"
