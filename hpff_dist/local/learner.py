@@ -142,6 +142,45 @@ class LocalLearner(nn.Module):
                     f"ixx = ixy = 0, e.g. at module K-2 when ixx_2 = ixy_2 = 0)"
                 )
 
+    # ----------------------------------------------------------------------- pipeline stages
+    def keep_modules(self, start: int, end: int) -> None:
+        """Keep only local modules ``[start, end)`` (one pipeline stage): the blocks, stem,
+        classifier and heads of the other modules are dropped (blocks become ``nn.Identity``
+        so the kept ones keep their names), so this process holds its stage's parameters
+        alone and its state dict is that stage's part of the whole model's."""
+        from hpff_dist.local.pipeline import stage_modules_of
+
+        if not self.local_modules:
+            raise ValueError("an end-to-end learner has no local modules to split into stages")
+        if not 0 <= start < end <= len(self.local_modules):
+            raise ValueError(f"modules [{start}, {end}) are not in 0..{len(self.local_modules)}")
+        keep = self.local_modules[start:end]
+        kept = {id(part) for part in stage_modules_of(keep)}
+        net = self.net
+        owned = {id(m) for m in [net.stem, *net.blocks, net.head, *self.heads.values()]}
+        foreign = [
+            type(part).__name__
+            for part in stage_modules_of(self.local_modules)
+            if id(part) not in owned and any(True for _ in part.state_dict())
+        ]
+        if foreign:
+            raise TypeError(
+                f"{type(net).__name__}: local modules use {sorted(set(foreign))} that are not "
+                "its stem/blocks/head (or the learner's heads); a pipeline stage can only be cut "
+                "from a network that owns its layers as those children"
+            )
+        for index, block in enumerate(net.blocks):
+            if id(block) not in kept:
+                net.blocks[index] = nn.Identity()
+        if id(net.stem) not in kept:
+            net.stem = nn.Identity()
+        if id(net.head) not in kept:
+            net.head = nn.Identity()
+        for name in list(self.heads):
+            if id(self.heads[name]) not in kept:
+                del self.heads[name]
+        self.local_modules = keep
+
     # ----------------------------------------------------------------------- use
     @property
     def needs(self) -> frozenset[str]:

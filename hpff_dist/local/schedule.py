@@ -162,31 +162,34 @@ def _head_cotangent(
     return leaf.grad, out
 
 
-def one_forward_step(
-    modules: list[LocalModule],
-    images: Tensor,
+def run_modules(
+    modules: Sequence[LocalModule],
+    x: Tensor,
     targets: Any,
     image: Tensor | None,
     backward: Backward,
-) -> StepOutput:
-    """HiLo with one forward per module (METHOD.md, "One forward per module").
+    totals: _Totals,
+    *,
+    input_is_images: bool,
+) -> tuple[Tensor, _Pending, Tensor | None]:
+    """The one-forward HiLo walk over consecutive ``modules`` (all of them, or one pipeline
+    stage's), starting from ``x``.
 
-    For module i: a_i = E_i(leaf_i); the heads run on detached copies of a_i and give the
-    cotangents g_ind_i, g_cas_i (and fill their own gradients); h_i = VJP of E_i w.r.t. leaf_i
-    with g_cas_i alone is the cascade gradient sent to module i-1, whose graph is then
-    backpropagated once with g_ind + g_cas + h_i and freed. At most two module graphs are alive;
-    when module i sends no cascade gradient, module i-1 is finished before E_i runs, so
-    independent-only training (DGL, InfoPro) keeps a single graph alive.
+    Returns the last module's output, its graph still pending (the caller finishes it, once
+    any cascade gradient from the module after it is added to ``pending.cotangent``), and
+    ``h_first``: the cascade gradient of the first module w.r.t. its input, at true scale,
+    which belongs to the module before ``modules[0]`` (None when ``input_is_images`` or when
+    the first module sends no cascade gradient).
     """
-    totals = _Totals()
     pending: _Pending | None = None
-    x = images
-    for mod in modules:
+    h_first: Tensor | None = None
+    for position, mod in enumerate(modules):
         needs_h = mod.sends_cascade
         if not needs_h:
             _finish(pending, backward)
             pending = None
-        leaf = x if mod.index == 0 else x.detach().requires_grad_(needs_h)
+        first_of_net = position == 0 and input_is_images
+        leaf = x if first_of_net else x.detach().requires_grad_(needs_h)
         a, tap_features = mod.forward_tapped(leaf)
         tapped = []
         for tap, feature in zip(mod.active_taps, tap_features):
@@ -206,14 +209,42 @@ def one_forward_step(
                 if level.span == 2:
                     g_cas_scaled = _add(g_cas_scaled, g_scaled)
 
-        if pending is not None:
-            if g_cas_scaled is not None:
-                # h_i: the cascade gradient E_i sends to E_{i-1}; input-only VJP, no .grad filled.
-                (h,) = torch.autograd.grad(a, leaf, g_cas_scaled, retain_graph=True)
-                pending.cotangent = _add(pending.cotangent, _unscale(h, backward.scale))
-            _finish(pending, backward)
+        if needs_h and g_cas_scaled is not None and (pending is not None or not first_of_net):
+            # h_i: the cascade gradient E_i sends to E_{i-1}; input-only VJP, no .grad filled.
+            (h,) = torch.autograd.grad(a, leaf, g_cas_scaled, retain_graph=True)
+            h = _unscale(h, backward.scale)
+            if pending is not None:
+                pending.cotangent = _add(pending.cotangent, h)
+            else:
+                h_first = h
+        _finish(pending, backward)
         pending = _Pending(a, cotangent, list(mod.parameters()), tapped)
         x = a
+    if pending is None:
+        raise ValueError("run_modules needs at least one module")
+    return x, pending, h_first
+
+
+def one_forward_step(
+    modules: list[LocalModule],
+    images: Tensor,
+    targets: Any,
+    image: Tensor | None,
+    backward: Backward,
+) -> StepOutput:
+    """HiLo with one forward per module (METHOD.md, "One forward per module").
+
+    For module i: a_i = E_i(leaf_i); the heads run on detached copies of a_i and give the
+    cotangents g_ind_i, g_cas_i (and fill their own gradients); h_i = VJP of E_i w.r.t. leaf_i
+    with g_cas_i alone is the cascade gradient sent to module i-1, whose graph is then
+    backpropagated once with g_ind + g_cas + h_i and freed. At most two module graphs are alive;
+    when module i sends no cascade gradient, module i-1 is finished before E_i runs, so
+    independent-only training (DGL, InfoPro) keeps a single graph alive.
+    """
+    totals = _Totals()
+    _, pending, _ = run_modules(
+        modules, images, targets, image, backward, totals, input_is_images=True
+    )
     _finish(pending, backward)
     return totals.result()
 
