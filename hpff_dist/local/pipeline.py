@@ -164,7 +164,9 @@ def _slice(value: Any, start: int, end: int) -> Any:
     raise TypeError(f"cannot cut {type(value).__name__} into micro-batches (tensor or list)")
 
 
-def micro_batches(inputs: Tensor, targets: Any, image: Tensor | None, count: int) -> list[MicroBatch]:
+def micro_batches(
+    inputs: Tensor, targets: Any, image: Tensor | None, count: int
+) -> list[MicroBatch]:
     """The batch cut into ``count`` contiguous micro-batches of sizes differing by at most one
     (``torch.tensor_split``'s sizes), each weighted by its share, so the weighted sum of
     per-micro-batch mean losses is the batch's mean loss."""
@@ -227,7 +229,9 @@ class StageLink:
         if (self.prev_rank is None) != (self.stage == 0):
             raise ValueError(f"stage {self.stage}: prev_rank must be None exactly at stage 0")
         if (self.next_rank is None) != (self.stage == self.stages - 1):
-            raise ValueError(f"stage {self.stage}: next_rank must be None exactly at the last stage")
+            raise ValueError(
+                f"stage {self.stage}: next_rank must be None exactly at the last stage"
+            )
         if self.next_rank is None and self.receives_cascade:
             raise ValueError("the last stage receives no cascade gradient")
 
@@ -270,7 +274,6 @@ class StageLink:
         buffer = torch.empty_like(like, memory_format=torch.contiguous_format)
         works = dist.batch_isend_irecv([dist.P2POp(dist.irecv, buffer, self.next_rank, self.group)])
         return works, buffer
-
 
     def broadcast_from_last(self, tensor: Tensor | None, device: torch.device) -> Tensor:
         """``tensor`` (given on the last stage) on every stage of the pipeline."""
