@@ -56,13 +56,21 @@ MODEL_WRAPPERS = Registry(
     "model wrapper",
     parent=MMENGINE_MODEL_WRAPPERS,
     scope=SCOPE,
-    locations=["hpff_dist.engine", "hpff_dist.engine.deepspeed.wrappers"],
+    locations=[
+        "hpff_dist.engine",
+        "hpff_dist.engine.deepspeed.wrappers",
+        "hpff_dist.engine.pipeline.strategy",
+    ],
 )
 STRATEGIES = Registry(
     "strategy",
     parent=MMENGINE_STRATEGIES,
     scope=SCOPE,
-    locations=["hpff_dist.engine", "hpff_dist.engine.deepspeed.strategy"],
+    locations=[
+        "hpff_dist.engine",
+        "hpff_dist.engine.deepspeed.strategy",
+        "hpff_dist.engine.pipeline.strategy",
+    ],
 )
 RUNNERS = Registry("runner", parent=MMENGINE_RUNNERS, scope=SCOPE, locations=["hpff_dist.engine"])
 

@@ -5,6 +5,7 @@ from hpff_dist.data import (  # noqa: F401
     fashion_mnist,
     fmnist_segmentation,
     imagenet,
+    replica_sampler,
     sample_seeds,
     torchvision_folders,
     transforms,

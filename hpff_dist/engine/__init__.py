@@ -12,6 +12,7 @@ from hpff_dist.engine import (  # noqa: F401
     hooks,
     local_curves,
     metrics,
+    pipeline,
     preemption,
     resumable_loop,
 )

@@ -7,8 +7,10 @@ Pure torch (no DeepSpeed import): the strategy calls these, the tests call them 
 from __future__ import annotations
 
 import logging
+import os
 import os.path as osp
 import pickle
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +25,8 @@ __all__ = [
     "MODEL_STATES_FILE",
     "average_bn_buffers",
     "check_deepspeed_checkpoint",
+    "stage_state_files",
+    "stage_states_file",
     "check_same_model",
     "load_deepspeed_module_state",
     "torch_safe_load",
@@ -32,7 +36,7 @@ __all__ = [
 MODEL_STATES_FILE = "mp_rank_00_model_states.pt"
 
 
-def average_bn_buffers(module: nn.Module) -> int:
+def average_bn_buffers(module: nn.Module, group: Any = None) -> int:
     """Average BatchNorm running statistics over ranks in place; returns how many were synced.
 
     Each rank normalises with its own shard's statistics, so running means/variances drift
@@ -42,7 +46,7 @@ def average_bn_buffers(module: nn.Module) -> int:
     outputs and gradients do not depend on running statistics, so parameters are unaffected."""
     if not (torch_dist.is_available() and torch_dist.is_initialized()):
         return 0
-    world = torch_dist.get_world_size()
+    world = torch_dist.get_world_size(group)
     if world == 1:
         return 0
     tensors = []
@@ -54,7 +58,7 @@ def average_bn_buffers(module: nn.Module) -> int:
     flat = torch.cat([t.detach().reshape(-1).double() for t in tensors])
     if torch.cuda.is_available() and torch_dist.get_backend() == "nccl":
         flat = flat.cuda()
-    torch_dist.all_reduce(flat)
+    torch_dist.all_reduce(flat, group=group)
     flat = (flat / world).cpu()
     offset = 0
     for t in tensors:
@@ -62,6 +66,33 @@ def average_bn_buffers(module: nn.Module) -> int:
         t.copy_(flat[offset : offset + n].view_as(t).to(t.dtype))
         offset += n
     return len(tensors)
+
+
+def stage_states_file(stage: int) -> str:
+    """The module-state file DeepSpeed writes for model-parallel rank ``stage``."""
+    return f"mp_rank_{stage:02d}_model_states.pt"
+
+
+def stage_state_files(directory: str) -> list[str]:
+    """The ``mp_rank_XX_model_states.pt`` files of a DeepSpeed checkpoint, in stage order: one
+    for a data-parallel run, one per stage for a pipelined run."""
+    if not osp.isdir(directory):
+        return []
+    names = sorted(
+        n for n in os.listdir(directory) if re.fullmatch(r"mp_rank_\d+_model_states\.pt", n)
+    )
+    return [osp.join(directory, n) for n in names]
+
+
+def stage_files_hint(directory: str) -> str:
+    files = [osp.basename(f) for f in stage_state_files(directory)]
+    if not files:
+        return "it holds no mp_rank_XX_model_states.pt"
+    return (
+        f"it holds {', '.join(files)}: a run of {len(files)} pipeline stage(s) wrote it; resume "
+        f"with the same strategy.pipeline.stages, or merge the stages with "
+        "tools/convert_checkpoint.py"
+    )
 
 
 def _state_shapes(state: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
@@ -147,20 +178,24 @@ def load_deepspeed_module_state(path: str) -> dict[str, Any] | None:
     return dict(saved.get("module") or {})
 
 
-def check_deepspeed_checkpoint(filename: str, module: nn.Module) -> None:
+def check_deepspeed_checkpoint(
+    filename: str, module: nn.Module, states_file: str = MODEL_STATES_FILE
+) -> None:
     """Refuse, with names, what DeepSpeed would load wrongly or with an unreadable error: a
     single-file checkpoint, a directory that is not a DeepSpeed checkpoint, or one written by a
-    different model."""
+    different model. ``states_file``: the module-state file this process loads (a pipeline
+    stage loads ``mp_rank_<stage>_model_states.pt``)."""
     if osp.isfile(filename):
         raise ValueError(
             f"{filename} is a single-file checkpoint (single-process Runner); DeepSpeed "
             "checkpoints are directories. Resume it with the same launcher/strategy it was "
             "written by, or start from it with the single-process runner."
         )
-    states = osp.join(filename, MODEL_STATES_FILE)
+    states = osp.join(filename, states_file)
     if not osp.isfile(states):
         raise FileNotFoundError(
-            f"{filename} is not a DeepSpeed checkpoint directory (no {MODEL_STATES_FILE})"
+            f"{filename} is not a DeepSpeed checkpoint directory for this process (no "
+            f"{states_file}; {stage_files_hint(filename)})"
         )
     saved = load_deepspeed_module_state(states)
     if saved is not None:

@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from hpff_dist.engine.checkpoint import MODEL_STATES_FILE
-from hpff_dist.engine.checkpoint_files import CheckpointError, safe_load
+from hpff_dist.engine.checkpoint import MODEL_STATES_FILE, stage_state_files
+from hpff_dist.engine.checkpoint_files import CheckpointError, merge_stage_modules, safe_load
 
 __all__ = ["consolidate", "zero_stage_of"]
 
@@ -40,6 +40,8 @@ def consolidate(directory: str) -> dict[str, Any]:
         )
     states = safe_load(osp.join(directory, MODEL_STATES_FILE), "cpu", mmap=True)
     stage = zero_stage_of(states)
+    if len(stage_state_files(directory)) > 1:
+        return _merge_pipeline_stages(directory, stage)
     if stage > 2:
         raise CheckpointError(f"{directory}: ZeRO stage {stage} is not supported (0, 1, 2)")
     module = dict(states.get("module") or {})
@@ -65,6 +67,24 @@ def consolidate(directory: str) -> dict[str, Any]:
     meta = dict(states.get("meta") or {})
     meta.update(converted_from=osp.abspath(directory), zero_stage=stage)
     return {"meta": meta, "state_dict": weights}
+
+
+def _merge_pipeline_stages(directory: str, zero_stage: int) -> dict[str, Any]:
+    """A pipelined run's checkpoint: each stage's module state, merged into the whole model.
+    Every stage keeps its whole module on every replica (ZeRO 1/2 partition only optimizer
+    states), so in an fp32 run the module states are the weights; a bf16 run's are bf16
+    copies, whose fp32 masters are split over each stage's optimizer partitions."""
+    module, meta = merge_stage_modules(directory)
+    low = sorted(k for k, v in module.items() if v.is_floating_point() and v.dtype != torch.float32)
+    if low and zero_stage > 0:
+        raise CheckpointError(
+            f"{directory}: a pipelined bf16 run at ZeRO stage {zero_stage} keeps its fp32 "
+            f"weights in per-stage optimizer partitions ({low[0]} is {module[low[0]].dtype} in "
+            "the module state); merging those is not supported yet. Evaluate the bf16 weights "
+            "with tools/test.py CONFIG CHECKPOINT_DIR (it reads the stages directly)"
+        )
+    meta.update(converted_from=osp.abspath(directory), zero_stage=zero_stage)
+    return {"meta": meta, "state_dict": {k: _fp32(v) for k, v in module.items()}}
 
 
 def _fp32(tensor: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,12 @@ from typing import Any
 import torch
 from mmengine.logging import print_log
 
-from hpff_dist.engine.checkpoint import MODEL_STATES_FILE, torch_safe_load
+from hpff_dist.engine.checkpoint import (
+    MODEL_STATES_FILE,
+    stage_state_files,
+    stage_states_file,
+    torch_safe_load,
+)
 
 __all__ = [
     "LAST_CHECKPOINT_FILE",
@@ -149,6 +154,9 @@ def read_checkpoint(path: str, map_location: Any = "cpu") -> dict:
     give ``{'state_dict': <module state>, 'meta': ...}`` (module weights only: optimizer
     partitions are for resuming with the same DeepSpeed strategy)."""
     require_checkpoint(path)
+    if osp.isdir(path) and len(stage_state_files(path)) > 1:
+        module, meta = merge_stage_modules(path, map_location)
+        return {"state_dict": module, "meta": meta}
     file = osp.join(path, MODEL_STATES_FILE) if osp.isdir(path) else path
     saved = safe_load(file, map_location)
     if not isinstance(saved, dict):
@@ -159,6 +167,35 @@ def read_checkpoint(path: str, map_location: Any = "cpu") -> dict:
     if "state_dict" not in saved and isinstance(saved.get("module"), dict):  # DeepSpeed
         return {"state_dict": saved["module"], "meta": saved.get("meta", {})}
     return saved
+
+
+def merge_stage_modules(directory: str, map_location: Any = "cpu") -> tuple[dict, dict]:
+    """The whole model's state dict from a pipelined run's DeepSpeed checkpoint, whose stage
+    ``s`` wrote its own modules to ``mp_rank_<s>_model_states.pt``, and stage 0's meta. Refuses
+    a checkpoint with a stage missing or two stages holding the same key."""
+    files = stage_state_files(directory)
+    merged: dict[str, Any] = {}
+    meta: dict = {}
+    for stage, file in enumerate(files):
+        saved = safe_load(file, map_location)
+        if not isinstance(saved, dict) or not isinstance(saved.get("module"), dict):
+            raise CheckpointError(f"{file} is not a DeepSpeed module-state file")
+        expected = int(saved.get("mp_world_size") or len(files))
+        if expected != len(files) or osp.basename(file) != stage_states_file(stage):
+            raise CheckpointError(
+                f"{directory} holds {[osp.basename(f) for f in files]} but was written by "
+                f"{expected} pipeline stages: it is incomplete (a stage's save did not finish)"
+            )
+        twice = sorted(set(merged) & set(saved["module"]))
+        if twice:
+            raise CheckpointError(
+                f"{directory}: stages {stage} and an earlier one both hold {twice[:5]}"
+            )
+        merged.update(saved["module"])
+        if stage == 0:
+            meta = dict(saved.get("meta") or {})
+    meta["pipeline_stages"] = len(files)
+    return merged, meta
 
 
 def checkpoint_meta(path: str) -> dict:

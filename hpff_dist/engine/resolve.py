@@ -41,11 +41,23 @@ __all__ = [
 # Scoped names resolve from mmengine's root registries before our default scope is set
 # (FlexibleRunner builds its strategy first) and keep the config dumpable as text.
 DEEPSPEED_STRATEGY = "hpff_dist.LocalDeepSpeedStrategy"
+PIPELINE_STRATEGY = "hpff_dist.LocalPipelineStrategy"
 RESUMABLE_EPOCH_LOOP = "hpff_dist.ResumableEpochBasedTrainLoop"
 RESUMABLE_ITER_LOOP = "hpff_dist.ResumableIterBasedTrainLoop"
 #: how a config names mmengine's iteration loop (our LOOPS registry finds it through its parent)
 _MMENGINE_ITER_LOOP_NAMES = {"IterBasedTrainLoop", "mmengine.IterBasedTrainLoop"}
-_OUR_STRATEGY_NAMES = {"LocalDeepSpeedStrategy", DEEPSPEED_STRATEGY}
+_OUR_STRATEGY_NAMES = {
+    "LocalDeepSpeedStrategy",
+    DEEPSPEED_STRATEGY,
+    "LocalPipelineStrategy",
+    PIPELINE_STRATEGY,
+}
+#: samplers of ours and mmengine's and their split-by-replica twins (a pipelined run)
+_REPLICA_SAMPLERS = {
+    "DefaultSampler": "hpff_dist.ReplicaDefaultSampler",
+    "SeededSampler": "hpff_dist.ReplicaSeededSampler",
+}
+_PIPELINE_LOOPS = {"val_cfg": "hpff_dist.PipelineValLoop", "test_cfg": "hpff_dist.PipelineTestLoop"}
 #: the resolved config, as mmengine's ``Config.dump`` writes it, in the work dir.
 RESOLVED_CONFIG_FILE = "resolved_config.py"
 
@@ -64,8 +76,11 @@ def resolve_config(cfg: Config, env: DistEnv | None = None) -> tuple[Config, lis
     _resumable_epoch_loop(run, recorder)
     _resumable_iter_loop(run, recorder)
     strategy = _strategy(run, launcher, recorder)
+    replicas = env.world_size
+    if strategy is not None and strategy.get("pipeline") is not None:
+        replicas = _pipeline(run, strategy, env, recorder)
     if strategy is not None and _strategy_name(strategy) in _OUR_STRATEGY_NAMES:
-        _per_device_batch(run, strategy, env.world_size, recorder)
+        _per_device_batch(run, strategy, replicas, recorder)
         _deepspeed_optim_wrapper(run, recorder)
     check_arguments(run)  # a misspelt argument fails here, not when its object is built
     return run, recorder.changes
@@ -202,11 +217,80 @@ def _strategy(run: Config, launcher: str, recorder: ChangeRecorder) -> Mapping |
     return strategy
 
 
+def _pipeline(run: Config, strategy: Any, env: DistEnv, recorder: ChangeRecorder) -> int:
+    """``strategy.pipeline``: our pipeline strategy, loaders split by replica, evaluation
+    loops that count each replica's results once. Returns the number of replicas D."""
+    pipeline = strategy["pipeline"]
+    stages = int(pipeline.get("stages", 1)) if isinstance(pipeline, Mapping) else 0
+    if stages < 1:
+        raise ValueError(f"strategy.pipeline must be dict(stages=P>=1, ...), got {pipeline!r}")
+    if env.world_size % stages:
+        raise ValueError(
+            f"strategy.pipeline.stages={stages} must divide the {env.world_size} processes "
+            f"(P stages x D replicas): start a multiple of {stages} processes"
+        )
+    if stages > 1 and not env.distributed:
+        raise ValueError(
+            f"strategy.pipeline.stages={stages} runs one stage per process: start "
+            f"{stages} x D processes, e.g. torchrun --nproc_per_node {stages} tools/train.py "
+            "CONFIG --launcher pytorch"
+        )
+    if _strategy_name(strategy) in ("LocalDeepSpeedStrategy", DEEPSPEED_STRATEGY):
+        recorder.set(
+            strategy,
+            "type",
+            PIPELINE_STRATEGY,
+            "strategy.pipeline given: LocalPipelineStrategy runs the local modules as stages "
+            "on separate processes, DeepSpeed over each stage's replicas",
+            "strategy.type",
+        )
+    why = (
+        f"the {stages} stages of a replica train on the same batch: the data is split by "
+        "replica (rank // stages), not by rank"
+    )
+    for key in ("train_dataloader", "val_dataloader", "test_dataloader"):
+        loader = run.get(key)
+        if not isinstance(loader, Mapping) or not isinstance(loader.get("sampler"), Mapping):
+            if loader is not None and stages > 1:
+                raise ValueError(
+                    f"{key}: a pipelined run needs a sampler config (DefaultSampler or "
+                    f"SeededSampler) it can split by replica, got {type(loader).__name__}"
+                )
+            continue
+        sampler = loader["sampler"]
+        kind = str(sampler.get("type", "")).rsplit(".", 1)[-1]
+        if kind.startswith("Replica"):
+            continue
+        if kind not in _REPLICA_SAMPLERS:
+            raise ValueError(
+                f"{key}.sampler.type={sampler.get('type')!r} cannot be split by pipeline "
+                f"replica; a pipelined run supports {sorted(_REPLICA_SAMPLERS)}"
+            )
+        recorder.set(sampler, "type", _REPLICA_SAMPLERS[kind], why, f"{key}.sampler.type")
+        recorder.set(sampler, "stages", stages, why, f"{key}.sampler.stages")
+    loop_why = (
+        f"every one of the {stages} stages holds the replica's predictions: the metric "
+        f"collects {stages} x the dataset size"
+    )
+    for key, loop in _PIPELINE_LOOPS.items():
+        cfg = run.get(key)
+        if not isinstance(cfg, Mapping):
+            continue
+        kind = str(cfg.get("type", "ValLoop" if key == "val_cfg" else "TestLoop"))
+        if kind.rsplit(".", 1)[-1] not in ("ValLoop", "TestLoop"):
+            if not kind.rsplit(".", 1)[-1].startswith("Pipeline"):
+                raise ValueError(f"{key}.type={kind!r}: a pipelined run evaluates with {loop}")
+            continue
+        recorder.set(cfg, "type", loop, loop_why, f"{key}.type")
+        recorder.set(cfg, "stages", stages, loop_why, f"{key}.stages")
+    return env.world_size // stages
+
+
 def _per_device_batch(
     run: Config, strategy: Mapping[str, Any], world_size: int, recorder: ChangeRecorder
 ) -> None:
     """``strategy.global_batch_size`` sets ``train_dataloader.batch_size`` to global / (world x
-    accumulation), or raises ``BatchConfigError`` naming the numbers when that does not divide;
+    accumulation) (world: the data-parallel replicas; a pipeline's stages share a batch), or raises ``BatchConfigError`` naming the numbers when that does not divide;
     the strategy re-checks every stated number once the process group exists."""
     global_batch = strategy.get("global_batch_size")
     loader = run.get("train_dataloader")

@@ -21,6 +21,13 @@ from hpff_dist.local.features import FeatureInfo
 from hpff_dist.local.heads import LocalHead, NetHead, TaskLoss
 from hpff_dist.local.module import BlockTap, LocalModule, ModuleLevel, ModuleTap
 from hpff_dist.local.network import BlockNetwork, feature_info_of
+from hpff_dist.local.pipeline import (
+    PipelineStage,
+    micro_batches,
+    pipeline_forward,
+    pipeline_stage_step,
+    stage_modules_of,
+)
 from hpff_dist.local.registry import HEADS, HeadContext
 from hpff_dist.local.schedule import SCHEDULE_FUNCTIONS, StepOutput, e2e_step
 from hpff_dist.local.spec import LocalSpec, build_spec
@@ -61,6 +68,9 @@ class LocalLearner(nn.Module):
         self.heads = nn.ModuleDict()
         self.local_modules: list[LocalModule] = []
         self.taps = self._check_taps(list(taps), len(net.blocks))
+        #: set on a learner cut to one pipeline stage (``keep_modules``): training and
+        #: inference then go through ``hpff_dist.local.pipeline``.
+        self.pipeline: PipelineStage | None = None
         for tap in self.taps:
             self.heads[tap.name] = tap.head
         if not spec.is_e2e and plan.num_modules > 1:
@@ -148,8 +158,6 @@ class LocalLearner(nn.Module):
         classifier and heads of the other modules are dropped (blocks become ``nn.Identity``
         so the kept ones keep their names), so this process holds its stage's parameters
         alone and its state dict is that stage's part of the whole model's."""
-        from hpff_dist.local.pipeline import stage_modules_of
-
         if not self.local_modules:
             raise ValueError("an end-to-end learner has no local modules to split into stages")
         if not 0 <= start < end <= len(self.local_modules):
@@ -196,7 +204,9 @@ class LocalLearner(nn.Module):
         return "image" in self.needs
 
     def forward(self, images: Tensor) -> Tensor:
-        """Inference: logits of the whole network."""
+        """Inference: logits of the whole network (through every stage of a pipeline)."""
+        if self.pipeline is not None:
+            return pipeline_forward(self.local_modules, self.pipeline.link, images, self.net.head)
         return self.net(images)
 
     def train_step_losses(
@@ -214,6 +224,9 @@ class LocalLearner(nn.Module):
             return e2e_step(self.net, images, targets, backward, self.task_loss, self.taps)
         if image_restored is None and self.needs_image:
             raise ValueError("this method reconstructs the input: pass image_restored in [0, 1]")
+        if self.pipeline is not None:
+            batches = micro_batches(images, targets, image_restored, self.pipeline.micro_batches)
+            return pipeline_stage_step(self.local_modules, self.pipeline.link, batches, backward)
         schedule = SCHEDULE_FUNCTIONS[self.spec.schedule]
         return schedule(self.local_modules, images, targets, image_restored, backward)
 

@@ -40,6 +40,7 @@ from hpff_dist.local.schedule import StepOutput, _finish, _Totals, run_modules
 
 __all__ = [
     "MicroBatch",
+    "PipelineStage",
     "StageLink",
     "WeightedBackward",
     "balanced_stages",
@@ -311,6 +312,15 @@ def pipeline_forward(
                 work.wait()
         return link.broadcast_from_last(None, inputs.device)
     return link.broadcast_from_last(head(x), inputs.device)
+
+
+@dataclass
+class PipelineStage:
+    """A learner's place in a pipeline (``LocalLearner.pipeline``, set by the engine after
+    ``keep_modules``): its link and how many micro-batches a batch is cut into."""
+
+    link: StageLink
+    micro_batches: int
 
 
 # ----------------------------------------------------------------------------- the schedule

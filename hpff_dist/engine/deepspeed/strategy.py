@@ -23,7 +23,11 @@ from torch import nn
 from hpff_dist import compat
 from hpff_dist.engine.batch import resolve_batch_config
 from hpff_dist.engine.changes import ChangeRecorder, report_changes
-from hpff_dist.engine.checkpoint import average_bn_buffers, check_deepspeed_checkpoint
+from hpff_dist.engine.checkpoint import (
+    MODEL_STATES_FILE,
+    average_bn_buffers,
+    check_deepspeed_checkpoint,
+)
 from hpff_dist.engine.deepspeed.policy import (
     DEEPSPEED_CONFIG,
     DeepSpeedConfigError,
@@ -161,11 +165,12 @@ class LocalDeepSpeedStrategy(DeepSpeedStrategy):
             if not torch.cuda.is_available():
                 raise DeepSpeedConfigError("sync_bn needs GPUs: torch has no CPU SyncBatchNorm")
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        mpu = self._deepspeed_mpu()
         if not hasattr(self, "optim_wrapper"):
-            engine, *_ = deepspeed.initialize(model=model, config=self.config)
+            engine, *_ = deepspeed.initialize(model=model, config=self.config, mpu=mpu)
         else:
             engine, optimizer, *_ = deepspeed.initialize(
-                model=model, optimizer=self.optim_wrapper.optimizer, config=self.config
+                model=model, optimizer=self.optim_wrapper.optimizer, config=self.config, mpu=mpu
             )
             self.optim_wrapper.optimizer = optimizer
         if torch_dist.get_rank() == 0:
@@ -180,14 +185,30 @@ class LocalDeepSpeedStrategy(DeepSpeedStrategy):
                 f"gradient_clipping={self.config['gradient_clipping']}",
                 logger="current",
             )
-        return LocalDeepSpeedEngineWrapper(model=engine, inputs_to_half=self._inputs_to_half)
+        return self.engine_wrapper_type(model=engine, inputs_to_half=self._inputs_to_half)
+
+    #: the model wrapper around DeepSpeed's engine (a pipelined run has its own)
+    engine_wrapper_type: type = LocalDeepSpeedEngineWrapper
+
+    def _deepspeed_mpu(self) -> Any:
+        """DeepSpeed's ``mpu`` (its data- and model-parallel groups); None: data parallel over
+        the whole world."""
+        return None
+
+    def _bn_group(self) -> Any:
+        """The ranks whose BatchNorm buffers are averaged before a save (None: all)."""
+        return None
+
+    def _states_file(self) -> str:
+        """The module-state file of the checkpoint directory this process loads."""
+        return MODEL_STATES_FILE
 
     def save_checkpoint(self, filename: str, **kwargs: Any) -> None:
         """Average BatchNorm buffers over ranks (see :func:`average_bn_buffers`), then
         mmengine's DeepSpeed save: a directory ``filename`` with the module (from rank 0), each
         rank's optimizer partition, and mmengine's meta/message hub/scheduler state, written
         under a hidden partial name and renamed when every rank has finished."""
-        average_bn_buffers(self.model.module)
+        average_bn_buffers(self.model.module, self._bn_group())
         folder, name = os.path.split(filename)
         partial = os.path.join(folder, f".{name}.partial")
         rank = torch_dist.get_rank() if torch_dist.is_initialized() else 0
@@ -214,11 +235,11 @@ class LocalDeepSpeedStrategy(DeepSpeedStrategy):
             torch_dist.barrier()
 
     def load_checkpoint(self, filename: str, **kwargs: Any) -> dict:
-        check_deepspeed_checkpoint(filename, self.model.module)
+        check_deepspeed_checkpoint(filename, self.model.module, self._states_file())
         return super().load_checkpoint(filename, **kwargs)
 
     def resume(self, filename: str, **kwargs: Any) -> dict:
-        check_deepspeed_checkpoint(filename, self.model.module)
+        check_deepspeed_checkpoint(filename, self.model.module, self._states_file())
         return super().resume(filename, **kwargs)
 
 
