@@ -6,6 +6,10 @@ The output holds ``state_dict`` (full fp32 weights, gathered from the ZeRO parti
 DeepSpeed's ``zero_to_fp32``, and the BatchNorm buffers) and ``meta`` (config, epoch,
 iteration, seed). ``tools/test.py CONFIG OUT.pth`` and ``load_from`` read it without DeepSpeed;
 to resume training, keep the directory (it holds the optimizer partitions).
+
+A pipelined run's directory (``strategy.pipeline``) holds one ``mp_rank_<stage>_model_states.pt``
+per stage, each with that stage's modules: they are merged into the whole model (a stage
+missing, or two holding the same weight, is an error).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         out=out,
         tensors=len(converted["state_dict"]),
         zero_stage=meta["zero_stage"],
+        pipeline_stages=meta.get("pipeline_stages", 1),
         epoch=meta.get("epoch"),
         iter=meta.get("iter"),
     )

@@ -6,7 +6,8 @@ mmengine's meta. Only DeepSpeed, with the same world size, resumes it. :func:`co
 rebuilds the full fp32 weights with DeepSpeed's own ``zero_to_fp32`` (ZeRO 1/2), or takes the
 module state as it is (ZeRO 0: no partitions), adds the BatchNorm buffers and the meta (config,
 epoch, iteration, seed), and returns ``{'meta', 'state_dict'}``: what ``tools/test.py``,
-``load_from`` and ``torch.load`` read, with no DeepSpeed installed.
+``load_from`` and ``torch.load`` read, with no DeepSpeed installed. A pipelined run's stages
+(one module-state file each) are merged into the whole model.
 """
 
 from __future__ import annotations

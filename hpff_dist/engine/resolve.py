@@ -57,6 +57,8 @@ _REPLICA_SAMPLERS = {
     "DefaultSampler": "hpff_dist.ReplicaDefaultSampler",
     "SeededSampler": "hpff_dist.ReplicaSeededSampler",
 }
+#: samplers that split by replica themselves given ``stages``
+_SAMPLERS_WITH_STAGES = {"ShardAwareDistributedSampler"}
 _PIPELINE_LOOPS = {"val_cfg": "hpff_dist.PipelineValLoop", "test_cfg": "hpff_dist.PipelineTestLoop"}
 #: the resolved config, as mmengine's ``Config.dump`` writes it, in the work dir.
 RESOLVED_CONFIG_FILE = "resolved_config.py"
@@ -261,10 +263,14 @@ def _pipeline(run: Config, strategy: Any, env: DistEnv, recorder: ChangeRecorder
         kind = str(sampler.get("type", "")).rsplit(".", 1)[-1]
         if kind.startswith("Replica"):
             continue
+        if kind in _SAMPLERS_WITH_STAGES:
+            recorder.set(sampler, "stages", stages, why, f"{key}.sampler.stages")
+            continue
         if kind not in _REPLICA_SAMPLERS:
             raise ValueError(
                 f"{key}.sampler.type={sampler.get('type')!r} cannot be split by pipeline "
-                f"replica; a pipelined run supports {sorted(_REPLICA_SAMPLERS)}"
+                "replica; a pipelined run supports "
+                f"{sorted(_REPLICA_SAMPLERS) + sorted(_SAMPLERS_WITH_STAGES)}"
             )
         recorder.set(sampler, "type", _REPLICA_SAMPLERS[kind], why, f"{key}.sampler.type")
         recorder.set(sampler, "stages", stages, why, f"{key}.sampler.stages")

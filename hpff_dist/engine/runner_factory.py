@@ -18,7 +18,7 @@ from mmengine.config import Config
 from hpff_dist import compat
 from hpff_dist.data.loader_builder import materialize_dataloaders
 from hpff_dist.engine.changes import ChangeRecorder, ConfigChange, log_changes
-from hpff_dist.engine.checkpoint_files import checkpoint_meta
+from hpff_dist.engine.checkpoint_files import CheckpointError, checkpoint_meta
 from hpff_dist.engine.cpu_malloc import configure_cpu_malloc
 from hpff_dist.engine.launchers import dist_env
 from hpff_dist.engine.resolve import resolve_config, write_resolved_config
@@ -63,7 +63,32 @@ def _resolve_resume(cfg: Config) -> list[ConfigChange]:
             recorder.set(cfg, "resume", False, why, "resume")
     if cfg.get("resume") and cfg.get("load_from"):
         _resume_seed(cfg, cfg.load_from, recorder)
+        _resume_stages(cfg, cfg.load_from, recorder)
     return recorder.changes
+
+
+def _resume_stages(cfg: Config, checkpoint: str, recorder: ChangeRecorder) -> None:
+    """A pipelined run resumes with the stages its checkpoint was written with: each stage
+    file holds the modules of one stage, and a measured balance can differ between runs."""
+    pipeline = (cfg.get("strategy") or {}).get("pipeline")
+    saved = checkpoint_meta(checkpoint).get("pipeline")
+    if pipeline is None and saved is None:
+        return
+    if pipeline is None or saved is None or int(pipeline.get("stages", 1)) != saved["stages"]:
+        raise CheckpointError(
+            f"--resume: {checkpoint} was written by a run of "
+            f"{saved['stages'] if saved else 1} pipeline stage(s), this config runs "
+            f"{int(pipeline.get('stages', 1)) if pipeline else 1}; resume with the checkpoint's "
+            "strategy.pipeline.stages, or convert it (tools/convert_checkpoint.py) and start "
+            "from the .pth with load_from"
+        )
+    recorder.set(
+        pipeline,
+        "stage_modules",
+        list(saved["stage_modules"]),
+        "resume: the stages the checkpoint was written with",
+        "strategy.pipeline.stage_modules",
+    )
 
 
 def _resume_seed(cfg: Config, checkpoint: str, recorder: ChangeRecorder) -> None:

@@ -32,8 +32,16 @@ class _ShardAwareOrder(Sampler[int]):
         rank: int | None = None,
         world_size: int | None = None,
         shard_lengths: Sequence[int] | None = None,
+        stages: int = 1,
     ) -> None:
         self.rank, self.world_size = resolve_rank(rank, world_size)
+        if stages < 1 or self.world_size % stages:
+            raise ValueError(
+                f"pipeline stages={stages} must divide the world size {self.world_size}"
+            )
+        # A pipelined run (``stages`` > 1): the P stages of a replica read the same samples
+        # (hpff_dist.data.replica_sampler), so the split is by replica.
+        self.rank, self.world_size = self.rank // stages, self.world_size // stages
         lengths = list(shard_lengths if shard_lengths is not None else dataset.shard_lengths)
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(int)
         self.ranges = [(int(s), int(s) + int(n)) for s, n in zip(starts, lengths) if n > 0]

@@ -45,8 +45,15 @@ from hpff_dist.local.pipeline import (
 )
 from hpff_dist.registry import MODEL_WRAPPERS, STRATEGIES
 
-__all__ = ["LocalPipelineEngineWrapper", "LocalPipelineStrategy", "PIPELINE_KEYS"]
+__all__ = [
+    "CHECKPOINT_PIPELINE_KEY",
+    "LocalPipelineEngineWrapper",
+    "LocalPipelineStrategy",
+    "PIPELINE_KEYS",
+]
 
+#: where a checkpoint's meta records the stages it was written with
+CHECKPOINT_PIPELINE_KEY = "pipeline"
 #: keys of ``strategy.pipeline``
 PIPELINE_KEYS = ("stages", "micro_batches", "stage_modules", "balance")
 _BALANCE = ("measured", "even")
@@ -122,6 +129,17 @@ class LocalPipelineStrategy(LocalDeepSpeedStrategy):
     def _states_file(self) -> str:
         return stage_states_file(self._the_grid().stage)
 
+    def save_checkpoint(self, filename: str, **kwargs: Any) -> None:
+        """The base save, with the stage layout in the meta: a resumed run must cut the model
+        where this one did (a measured balance can differ from run to run)."""
+        extra = kwargs.get("extra_ckpt") or {}
+        meta = extra.setdefault("meta", {})
+        meta[CHECKPOINT_PIPELINE_KEY] = dict(
+            stages=self.pipeline["stages"], stage_modules=list(self.pipeline["stage_modules"])
+        )
+        kwargs["extra_ckpt"] = extra
+        super().save_checkpoint(filename, **kwargs)
+
     # ------------------------------------------------------------------ the stage
     def _init_model_weights(self, model: nn.Module) -> nn.Module:
         """Initialise (and broadcast) the whole model, then keep this stage's modules."""
@@ -181,7 +199,9 @@ class LocalPipelineStrategy(LocalDeepSpeedStrategy):
         """Stage ranges from ``stage_modules``, or balanced (rank 0 decides, all agree)."""
         k, stages = len(learner.local_modules), self.pipeline["stages"]
         if self.pipeline["stage_modules"] is not None:
-            return stage_bounds_from_sizes(self.pipeline["stage_modules"], k)
+            bounds = stage_bounds_from_sizes(self.pipeline["stage_modules"], k)
+            self.pipeline["stage_modules"] = [b - a for a, b in bounds]
+            return bounds
         bounds: list[Any] = [None]
         costs: list[float] = []
         if torch_dist.get_rank() == 0:
