@@ -416,3 +416,40 @@ def test_cityscapes_script_by_overrides_only_trains_the_tiny_deeplab(slurm_clust
     assert (work / "iter_2.pth" / MODEL_STATES_FILE).is_file()
     changes = {r["key"]: r["new"] for r in json.loads((work / "config_changes.json").read_text())}
     assert changes["train_cfg.type"] == "hpff_dist.ResumableIterBasedTrainLoop"
+
+
+# ---------------------------------------------------------------------- a pipelined job
+PIPELINE = ("strategy.pipeline.stages=2", "strategy.pipeline.micro_batches=2",
+            "strategy.pipeline.balance=even")  # fmt: skip
+
+
+def test_a_pipelined_job_trains_what_torchrun_trains(slurm_cluster, tiny, tmp_path):
+    """slurm/train.sh with the 3 local modules as 2 pipeline stages (one per task): the job
+    completes, each stage writes its own module-state file, and the merged model is the one
+    torchrun's pipelined run of the same config ends with."""
+    from hpff_dist.engine.checkpoint_files import read_checkpoint
+
+    job = _train_sh(slurm_cluster, tiny, tmp_path / "slurm", "pipe", *PIPELINE)
+    _assert_completed(slurm_cluster, job)
+    assert "pipeline: 2 stages x 1 replicas" in job.text(), job.text()[-3000:]
+    ckpt = job.work / f"epoch_{EPOCHS}.pth"
+    assert sorted(p.name for p in ckpt.glob("mp_rank_*_model_states.pt")) == [
+        "mp_rank_00_model_states.pt",
+        "mp_rank_01_model_states.pt",
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(_job_env(tiny))
+    work = tmp_path / "torchrun"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "tools/train.py", str(tiny["config"]), "--launcher", "pytorch", "--work-dir", str(work),
+         "--no-test", "--cfg-options", *OPTIONS, *PIPELINE],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=JOB_TIMEOUT_S,
+    )  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    compat.apply_all()
+    ours = read_checkpoint(str(ckpt))["state_dict"]
+    theirs = read_checkpoint(str(work / f"epoch_{EPOCHS}.pth"))["state_dict"]
+    assert ours.keys() == theirs.keys() and any("blocks.2." in k for k in ours)
+    diff = max((ours[k].float() - theirs[k].float()).abs().max().item() for k in ours)
+    assert diff < TOL, diff
