@@ -20,12 +20,26 @@ def config_files() -> list[Path]:
     return sorted(p for p in (REPO / "configs").rglob("*.py") if "_base_" not in p.parts)
 
 
-def signature(path: Path) -> dict:
+def resolve_as_launched(path: Path):
+    """The config at ``path`` resolved as its run would be: one process, or, for a pipeline of
+    P stages, rank 0 of P processes under torchrun (a pipeline cannot run in one process)."""
     from hpff_dist.engine.config import load_config
+    from hpff_dist.engine.launchers import DistEnv
     from hpff_dist.engine.resolve import resolve_config
+
+    cfg = load_config(str(path))
+    env = None
+    stages = ((cfg.get("strategy") or {}).get("pipeline") or {}).get("stages", 1)
+    if stages > 1:
+        cfg.launcher = "pytorch"
+        env = DistEnv("pytorch", 0, stages, 0, "gloo")
+    return resolve_config(cfg, env)
+
+
+def signature(path: Path) -> dict:
     from hpff_dist.registry import MODELS
 
-    cfg, _ = resolve_config(load_config(str(path)))
+    cfg, _ = resolve_as_launched(path)
     with torch.device("meta"):
         model = MODELS.build(cfg.model)
     learner = model.learner

@@ -66,3 +66,79 @@ def test_inference_through_the_stages_equals_the_merged_model(results):
 
 def test_resume_continues_exactly(results):
     assert results["resume"]["diff"] == 0.0
+
+
+# ---------------------------------------------------------------------- without processes
+CONFIG = (
+    Path(__file__).resolve().parents[1] / "configs/fashion_mnist/resnet32_k16_dgl_hpff_pipe2.py"
+)
+
+
+def _resolve(world: int, launcher: str = "pytorch", **options):
+    from hpff_dist.engine.config import load_config
+    from hpff_dist.engine.launchers import DistEnv
+    from hpff_dist.engine.resolve import resolve_config
+
+    cfg = load_config(str(CONFIG), options or None)
+    cfg.launcher = launcher
+    return resolve_config(cfg, DistEnv(launcher, 0, world, 0, "gloo"))
+
+
+def test_a_pipeline_config_resolves_with_every_change_on_record():
+    run, changes = _resolve(4, **{"strategy.global_batch_size": 512})
+    assert run.strategy.type == "hpff_dist.LocalPipelineStrategy"
+    assert run.train_dataloader.sampler == dict(
+        type="hpff_dist.ReplicaSeededSampler", shuffle=True, stages=2
+    )
+    assert run.val_cfg.type == "hpff_dist.PipelineValLoop" and run.val_cfg.stages == 2
+    # 4 processes = 2 stages x 2 replicas: the global batch splits over the replicas only
+    assert run.train_dataloader.batch_size == 256
+    keys = {c.key for c in changes}
+    assert {"strategy.type", "train_dataloader.sampler.type", "test_cfg.type"} <= keys
+
+
+@pytest.mark.parametrize(
+    "world, launcher, options, message",
+    [
+        (1, "none", {}, "runs one stage per process"),
+        (3, "pytorch", {}, "must divide the 3 processes"),
+        (2, "pytorch", {"train_dataloader.sampler.type": "InfiniteSampler"}, "cannot be split by pipeline replica"),
+    ],
+)  # fmt: skip
+def test_pipeline_configs_that_cannot_run_are_named(world, launcher, options, message):
+    with pytest.raises(ValueError, match=message):
+        _resolve(world, launcher, **options)
+
+
+def test_strategy_pipeline_keys_are_checked():
+    from hpff_dist.engine.deepspeed.policy import DeepSpeedConfigError
+    from hpff_dist.engine.pipeline.strategy import check_pipeline_cfg
+
+    assert check_pipeline_cfg(dict(stages=2))["balance"] == "measured"
+    for bad, message in [
+        (dict(stages=2, microbatches=4), "unknown strategy.pipeline keys"),
+        (dict(stages=0), "stages must be an int >= 1"),
+        (dict(stages=2, balance="fast"), "balance must be one of"),
+        (dict(stages=2, stage_modules=[3, 3, 3]), "names 3 stages"),
+    ]:
+        with pytest.raises(DeepSpeedConfigError, match=message):
+            check_pipeline_cfg(bad)
+
+
+def test_a_stage_checkpoint_with_a_missing_or_doubled_stage_is_refused(tmp_path):
+    import torch
+
+    from hpff_dist.engine.checkpoint_files import CheckpointError, merge_stage_modules
+
+    def write(name, module, stages=2):
+        torch.save({"module": module, "mp_world_size": stages, "meta": {}}, tmp_path / name)
+
+    write("mp_rank_00_model_states.pt", {"a": torch.zeros(1)})
+    with pytest.raises(CheckpointError, match="incomplete"):
+        merge_stage_modules(str(tmp_path))
+    write("mp_rank_01_model_states.pt", {"a": torch.ones(1)})
+    with pytest.raises(CheckpointError, match="both hold"):
+        merge_stage_modules(str(tmp_path))
+    write("mp_rank_01_model_states.pt", {"b": torch.ones(1)})
+    module, meta = merge_stage_modules(str(tmp_path))
+    assert set(module) == {"a", "b"} and meta["pipeline_stages"] == 2

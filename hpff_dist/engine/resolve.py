@@ -226,16 +226,16 @@ def _pipeline(run: Config, strategy: Any, env: DistEnv, recorder: ChangeRecorder
     stages = int(pipeline.get("stages", 1)) if isinstance(pipeline, Mapping) else 0
     if stages < 1:
         raise ValueError(f"strategy.pipeline must be dict(stages=P>=1, ...), got {pipeline!r}")
-    if env.world_size % stages:
-        raise ValueError(
-            f"strategy.pipeline.stages={stages} must divide the {env.world_size} processes "
-            f"(P stages x D replicas): start a multiple of {stages} processes"
-        )
     if stages > 1 and not env.distributed:
         raise ValueError(
             f"strategy.pipeline.stages={stages} runs one stage per process: start "
             f"{stages} x D processes, e.g. torchrun --nproc_per_node {stages} tools/train.py "
             "CONFIG --launcher pytorch"
+        )
+    if env.world_size % stages:
+        raise ValueError(
+            f"strategy.pipeline.stages={stages} must divide the {env.world_size} processes "
+            f"(P stages x D replicas): start a multiple of {stages} processes"
         )
     if _strategy_name(strategy) in ("LocalDeepSpeedStrategy", DEEPSPEED_STRATEGY):
         recorder.set(
