@@ -247,14 +247,16 @@ class StageLink:
         return torch.tensor(header + [0] * (_HEADER_LEN - len(header)), dtype=torch.int64)
 
     def send_activation(self, tensor: Tensor) -> list[Any]:
-        """Post the sends of ``tensor`` (shape header, then data) to the next stage."""
+        """Post the sends of ``tensor`` (shape header, then data) to the next stage. Two
+        calls, as the receiver makes two (it sizes its buffer from the header): NCCL matches
+        point-to-point groups call by call."""
         tensor = tensor.detach().contiguous()
         header = self._header(tensor).to(tensor.device)
-        ops = [
-            dist.P2POp(dist.isend, header, self.next_rank, self.group),
-            dist.P2POp(dist.isend, tensor, self.next_rank, self.group),
-        ]
-        return [*dist.batch_isend_irecv(ops), header, tensor]  # keep the buffers alive
+        works = dist.batch_isend_irecv([dist.P2POp(dist.isend, header, self.next_rank, self.group)])
+        works += dist.batch_isend_irecv(
+            [dist.P2POp(dist.isend, tensor, self.next_rank, self.group)]
+        )
+        return [*works, header, tensor]  # keep the buffers alive until the sends complete
 
     def recv_activation(self, device: torch.device) -> Tensor:
         header = torch.empty(_HEADER_LEN, dtype=torch.int64, device=device)
