@@ -59,7 +59,7 @@ MODEL_WRAPPERS = Registry(
     locations=[
         "hpff_dist.engine",
         "hpff_dist.engine.deepspeed.wrappers",
-        "hpff_dist.engine.pipeline.strategy",
+        "hpff_dist.engine.pipeline.wrappers",
     ],
 )
 STRATEGIES = Registry(

@@ -17,7 +17,13 @@ from mmengine._strategy.deepspeed import (  # noqa: E402
     DeepSpeedStrategy,
     MMDeepSpeedEngineWrapper,
 )
-from mmengine.runner import EpochBasedTrainLoop, FlexibleRunner, Runner  # noqa: E402
+from mmengine.runner import (  # noqa: E402
+    EpochBasedTrainLoop,
+    FlexibleRunner,
+    Runner,
+    TestLoop,
+    ValLoop,
+)
 
 __all__ = [
     "DeepSpeedOptimWrapper",
@@ -26,4 +32,6 @@ __all__ = [
     "FlexibleRunner",
     "MMDeepSpeedEngineWrapper",
     "Runner",
+    "TestLoop",
+    "ValLoop",
 ]

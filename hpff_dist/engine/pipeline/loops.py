@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mmengine.runner import TestLoop, ValLoop
-
+from hpff_dist.engine.mmengine_runner import TestLoop, ValLoop
 from hpff_dist.registry import LOOPS
 
 __all__ = ["PipelineTestLoop", "PipelineValLoop", "ReplicatedResults"]

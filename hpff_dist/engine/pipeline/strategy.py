@@ -32,8 +32,8 @@ from hpff_dist.engine.changes import ChangeRecorder
 from hpff_dist.engine.checkpoint import stage_states_file
 from hpff_dist.engine.deepspeed.policy import DeepSpeedConfigError
 from hpff_dist.engine.deepspeed.strategy import LocalDeepSpeedStrategy
-from hpff_dist.engine.deepspeed.wrappers import LocalDeepSpeedEngineWrapper
 from hpff_dist.engine.pipeline.grid import DeepSpeedGrid, PipelineGrid
+from hpff_dist.engine.pipeline.wrappers import LocalPipelineEngineWrapper
 from hpff_dist.local.levels import refuse_unknown_keys
 from hpff_dist.local.pipeline import (
     MicroBatch,
@@ -43,11 +43,10 @@ from hpff_dist.local.pipeline import (
     module_costs,
     stage_bounds_from_sizes,
 )
-from hpff_dist.registry import MODEL_WRAPPERS, STRATEGIES
+from hpff_dist.registry import STRATEGIES
 
 __all__ = [
     "CHECKPOINT_PIPELINE_KEY",
-    "LocalPipelineEngineWrapper",
     "LocalPipelineStrategy",
     "PIPELINE_KEYS",
 ]
@@ -99,7 +98,7 @@ class LocalPipelineStrategy(LocalDeepSpeedStrategy):
     the stages minimise the slowest one; ``'even'``: equal module counts).
     """
 
-    engine_wrapper_type = None  # set below the wrapper's definition
+    engine_wrapper_type = LocalPipelineEngineWrapper
 
     def __init__(self, *, pipeline: dict, **kwargs: Any) -> None:
         self.pipeline = check_pipeline_cfg(pipeline)
@@ -249,39 +248,3 @@ class LocalPipelineStrategy(LocalDeepSpeedStrategy):
         )
         del probe
         return costs
-
-
-@MODEL_WRAPPERS.register_module()
-class LocalPipelineEngineWrapper(LocalDeepSpeedEngineWrapper):
-    """The engine wrapper of a pipeline stage: after the step, the stages' logs are merged, so
-    every rank (rank 0 writes the log) reports the whole model's losses: ``loss_*`` summed over
-    the stages' modules, the task's values (``ce_last``, ``acc``) from the last stage, and the
-    per-module losses of every stage for the local-loss curves."""
-
-    def train_step(self, data: Any, optim_wrapper: Any) -> dict:
-        log_vars = super().train_step(data, optim_wrapper)
-        module = self.module
-        link = module.learner.pipeline.link
-        if link.stages == 1:
-            return log_vars
-        mine = (
-            {k: v.detach().float().cpu() for k, v in log_vars.items()},
-            {k: v.detach().float().cpu() for k, v in getattr(module, "local_losses", {}).items()},
-        )
-        gathered: list[Any] = [None] * link.stages
-        torch_dist.all_gather_object(gathered, mine, group=link.pipe_group)
-        merged: dict[str, torch.Tensor] = {}
-        curves: dict[str, torch.Tensor] = {}
-        for stage_logs, stage_curves in gathered:
-            for key, value in stage_logs.items():
-                if key.startswith("loss_") and key in merged:
-                    merged[key] = merged[key] + value
-                else:
-                    merged[key] = value
-            curves.update(stage_curves)
-        device = next(iter(log_vars.values())).device if log_vars else "cpu"
-        module.local_losses = curves
-        return {k: v.to(device) for k, v in merged.items()}
-
-
-LocalPipelineStrategy.engine_wrapper_type = LocalPipelineEngineWrapper
