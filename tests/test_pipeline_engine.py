@@ -142,3 +142,24 @@ def test_a_stage_checkpoint_with_a_missing_or_doubled_stage_is_refused(tmp_path)
     write("mp_rank_01_model_states.pt", {"b": torch.ones(1)})
     module, meta = merge_stage_modules(str(tmp_path))
     assert set(module) == {"a", "b"} and meta["pipeline_stages"] == 2
+
+
+def test_stage_logs_merge_into_the_whole_models():
+    import torch
+
+    from hpff_dist.engine.pipeline.wrappers import merge_stage_logs
+
+    stage0 = {
+        "loss_ind": torch.tensor(1.0),
+        "loss_cas": torch.tensor(2.0),
+        "m00/ind": torch.tensor(3.0),
+    }
+    stage1 = {
+        "loss_ind": torch.tensor(0.5),
+        "ce_last": torch.tensor(0.7),
+        "acc": torch.tensor(50.0),
+    }
+    merged = merge_stage_logs([stage0, stage1])
+    assert {k: v.item() for k, v in merged.items()} == pytest.approx({
+        "loss_ind": 1.5, "loss_cas": 2.0, "m00/ind": 3.0, "ce_last": 0.7, "acc": 50.0,
+    })  # fmt: skip

@@ -367,6 +367,15 @@ def pipeline_stage_step(
     in_flight: list[Any] = []  # sends whose buffers must live until they complete
     waiting: deque[tuple[Any, list[Any], Tensor, Backward]] = deque()
 
+    sent_h: list[bool] = []
+
+    def send_h(h: Tensor) -> None:  # the stage before waits for it: send at once
+        in_flight.extend(link.send_cascade(h))
+        sent_h.append(True)
+
+    def send_output(a: Tensor) -> None:  # the next stage can start before our heads run
+        in_flight.extend(link.send_activation(a))
+
     def finish_oldest() -> None:
         pending, works, h, mb_backward = waiting.popleft()
         for work in works:
@@ -378,7 +387,8 @@ def pipeline_stage_step(
         mb_backward = WeightedBackward(backward, mb.weight)
         totals = _Totals()
         x = mb.inputs if link.prev_rank is None else link.recv_activation(device)
-        a, pending, h_first = run_modules(
+        sent_before = len(sent_h)
+        a, pending, _ = run_modules(
             modules,
             x,
             mb.targets,
@@ -386,11 +396,11 @@ def pipeline_stage_step(
             mb_backward,
             totals,
             input_is_images=link.prev_rank is None,
+            on_h_first=send_h if owes_h else None,
+            on_output=send_output if link.next_rank is not None else None,
         )
-        if owes_h:  # the stage before waits for it (zeros when no cascade loss reached x)
-            in_flight += link.send_cascade(h_first if h_first is not None else torch.zeros_like(x))
-        if link.next_rank is not None:
-            in_flight += link.send_activation(a)
+        if owes_h and len(sent_h) == sent_before:  # no cascade loss reached x: h is zero
+            send_h(torch.zeros_like(x))
         if link.receives_cascade:
             works, h = link.post_recv_cascade(a)
             waiting.append((pending, works, h, mb_backward))

@@ -13,7 +13,7 @@ All schedules follow the engine contract (``hpff_dist.local.backward``): they ne
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -171,6 +171,8 @@ def run_modules(
     totals: _Totals,
     *,
     input_is_images: bool,
+    on_h_first: Callable[[Tensor], None] | None = None,
+    on_output: Callable[[Tensor], None] | None = None,
 ) -> tuple[Tensor, _Pending, Tensor | None]:
     """The one-forward HiLo walk over consecutive ``modules`` (all of them, or one pipeline
     stage's), starting from ``x``.
@@ -179,7 +181,10 @@ def run_modules(
     any cascade gradient from the module after it is added to ``pending.cotangent``), and
     ``h_first``: the cascade gradient of the first module w.r.t. its input, at true scale,
     which belongs to the module before ``modules[0]`` (None when ``input_is_images`` or when
-    the first module sends no cascade gradient).
+    the first module sends no cascade gradient). A pipeline stage passes the callbacks to
+    send without waiting for the rest of the walk: ``on_h_first(h_first)`` as soon as the
+    first module has computed it, ``on_output(a)`` as soon as the last module's forward ran
+    (before its heads).
     """
     pending: _Pending | None = None
     h_first: Tensor | None = None
@@ -191,6 +196,8 @@ def run_modules(
         first_of_net = position == 0 and input_is_images
         leaf = x if first_of_net else x.detach().requires_grad_(needs_h)
         a, tap_features = mod.forward_tapped(leaf)
+        if on_output is not None and position == len(modules) - 1:
+            on_output(a)
         tapped = []
         for tap, feature in zip(mod.active_taps, tap_features):
             g_scaled, out = _head_cotangent(tap.head, feature, targets, image, tap.weight, backward)
@@ -217,6 +224,8 @@ def run_modules(
                 pending.cotangent = _add(pending.cotangent, h)
             else:
                 h_first = h
+                if on_h_first is not None:
+                    on_h_first(h)
         _finish(pending, backward)
         pending = _Pending(a, cotangent, list(mod.parameters()), tapped)
         x = a
