@@ -1,8 +1,9 @@
-"""The local-learning core (DGL, InfoPro, HiLo, PFF): pure torch, no data/engine/distributed.
+"""The local-learning core (DGL, InfoPro, HiLo, PFF): pure torch, no data or engine code.
 
 Entry points: ``build_local_learner`` (net + spec dict -> ``LocalLearner``), ``build_spec``,
-``build_split_plan``, the head registry ``HEADS``, ``register_preset``, the schedules and
-``SavedTensorMeter``.
+``build_split_plan``, the head registry ``HEADS``, ``register_preset``, the schedules,
+``SavedTensorMeter``, and the pipeline of local modules (``pipeline_stage_step`` over
+``torch.distributed`` point-to-point messages; which ranks talk is the caller's ``StageLink``).
 """
 
 from hpff_dist.local.backward import Backward, PlainBackward, ScaledBackward
@@ -36,6 +37,16 @@ from hpff_dist.local.memory import SavedTensorMeter, aux_peak_saved_bytes, memor
 from hpff_dist.local.module import BlockTap, LocalModule, ModuleLevel, ModuleTap
 from hpff_dist.local.network import BlockNetwork, block_id_table
 from hpff_dist.local.pff import OfficialPatchDecoder, PatchFusedClassifier, PatchwiseReconstruction
+from hpff_dist.local.pipeline import (
+    MicroBatch,
+    PipelineStage,
+    StageLink,
+    balanced_stages,
+    micro_batches,
+    module_costs,
+    pipeline_forward,
+    pipeline_stage_step,
+)
 from hpff_dist.local.registry import HEADS, HeadContext, Registry
 from hpff_dist.local.schedule import StepOutput, e2e_step, one_forward_step, reference_step
 from hpff_dist.local.spec import METHODS, PRESETS, LocalSpec, PFFSpec, build_spec, register_preset
@@ -88,6 +99,14 @@ __all__ = [
     "PatchFusedClassifier",
     "PatchwiseReconstruction",
     "split_patches",
+    "MicroBatch",
+    "PipelineStage",
+    "StageLink",
+    "balanced_stages",
+    "micro_batches",
+    "module_costs",
+    "pipeline_forward",
+    "pipeline_stage_step",
     "StepOutput",
     "e2e_step",
     "one_forward_step",
