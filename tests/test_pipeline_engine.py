@@ -46,6 +46,14 @@ def test_p2_x_d2_equals_the_single_process_run(results, case):
     assert {"acc", "ce_last", "loss_ind"} <= set(r["log_keys"])
 
 
+def test_bf16_runs_through_the_stages_close_to_fp32(results):
+    r = results["dgl_hpff/zero1/bf16"]
+    assert r["moved"] > 1e-3 and r["held_by_replica0"] == r["total"]
+    # bf16 parameters are rounded to 2^-7 relative (0.008 near 1): the same bound as the
+    # data-parallel bf16 test (tests/test_distributed.py); a wrong h would not stay within it
+    assert r["diff"] < 5e-2, r
+
+
 def test_clipping_sees_the_whole_models_norm(results):
     # Clipped at 0.05 the step is far smaller: had each stage clipped its own (smaller) norm,
     # the parameters would differ from the reference's by much more than float32 rounding.

@@ -87,7 +87,7 @@ def test_killed_and_resumed_equals_uninterrupted(runs):
     tmp, _, resumed = runs
     log = resumed.stdout + resumed.stderr
     assert "resumed epoch: 0, iter: 4" in log  # after iter_4.pth
-    assert "strategy.pipeline.stage_modules: [8, 7] -> [7, 8] (resume" in log
+    assert "strategy.pipeline.stage_modules: [8, 7] -> [7, 8] (load_from/resume" in log
     a, b = _stage_states(tmp / "straight/iter_8.pth"), _stage_states(tmp / "cut/iter_8.pth")
     assert len(a) == len(b) == 2  # one module-state file per stage
     assert set(a[0]["module"]).isdisjoint(a[1]["module"])

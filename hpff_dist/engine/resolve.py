@@ -266,6 +266,13 @@ def _pipeline(run: Config, strategy: Any, env: DistEnv, recorder: ChangeRecorder
         if kind in _SAMPLERS_WITH_STAGES:
             recorder.set(sampler, "stages", stages, why, f"{key}.sampler.stages")
             continue
+        if key == "train_dataloader" and kind == "DefaultSampler" and stages > 1:
+            raise ValueError(
+                "train_dataloader.sampler.type='DefaultSampler': in a pipelined run the stages "
+                "of a replica must see the same augmentations of the same samples, which "
+                "DefaultSampler's per-worker random state does not give; use "
+                "dict(type='SeededSampler') (per-sample seeds: hpff_dist.data.sample_seeds)"
+            )
         if kind not in _REPLICA_SAMPLERS:
             raise ValueError(
                 f"{key}.sampler.type={sampler.get('type')!r} cannot be split by pipeline "

@@ -13,6 +13,8 @@ strategy is built.
 
 from __future__ import annotations
 
+import os.path as osp
+
 from mmengine.config import Config
 
 from hpff_dist import compat
@@ -63,22 +65,26 @@ def _resolve_resume(cfg: Config) -> list[ConfigChange]:
             recorder.set(cfg, "resume", False, why, "resume")
     if cfg.get("resume") and cfg.get("load_from"):
         _resume_seed(cfg, cfg.load_from, recorder)
-        _resume_stages(cfg, cfg.load_from, recorder)
+    if cfg.get("load_from"):
+        _checkpoint_stages(cfg, cfg.load_from, recorder)
     return recorder.changes
 
 
-def _resume_stages(cfg: Config, checkpoint: str, recorder: ChangeRecorder) -> None:
-    """A pipelined run resumes with the stages its checkpoint was written with: each stage
-    file holds the modules of one stage, and a measured balance can differ between runs."""
-    pipeline = (cfg.get("strategy") or {}).get("pipeline")
-    saved = checkpoint_meta(checkpoint).get("pipeline")
-    if pipeline is None and saved is None:
+def _checkpoint_stages(cfg: Config, checkpoint: str, recorder: ChangeRecorder) -> None:
+    """A pipelined run loads (resumes, or starts from) a pipelined checkpoint with the stages
+    it was written with: each stage file holds the modules of one stage, and a measured
+    balance can differ between runs."""
+    strategy = cfg.get("strategy") or {}
+    pipeline = strategy.get("pipeline") if hasattr(strategy, "get") else None
+    saved = checkpoint_meta(checkpoint).get("pipeline") if osp.isdir(checkpoint) else None
+    stages = int(pipeline.get("stages", 1)) if pipeline else 1
+    if saved is None and stages == 1:
         return
-    if pipeline is None or saved is None or int(pipeline.get("stages", 1)) != saved["stages"]:
+    if pipeline is None or saved is None or stages != saved["stages"]:
         raise CheckpointError(
-            f"--resume: {checkpoint} was written by a run of "
+            f"{checkpoint} was written by a run of "
             f"{saved['stages'] if saved else 1} pipeline stage(s), this config runs "
-            f"{int(pipeline.get('stages', 1)) if pipeline else 1}; resume with the checkpoint's "
+            f"{stages}; load it with the checkpoint's "
             "strategy.pipeline.stages, or convert it (tools/convert_checkpoint.py) and start "
             "from the .pth with load_from"
         )
@@ -86,7 +92,7 @@ def _resume_stages(cfg: Config, checkpoint: str, recorder: ChangeRecorder) -> No
         pipeline,
         "stage_modules",
         list(saved["stage_modules"]),
-        "resume: the stages the checkpoint was written with",
+        "load_from/resume: the stages the checkpoint was written with",
         "strategy.pipeline.stage_modules",
     )
 

@@ -225,7 +225,9 @@ class LocalLearner(nn.Module):
         if image_restored is None and self.needs_image:
             raise ValueError("this method reconstructs the input: pass image_restored in [0, 1]")
         if self.pipeline is not None:
-            batches = micro_batches(images, targets, image_restored, self.pipeline.micro_batches)
+            # an epoch's short last batch may hold fewer samples than micro-batches
+            count = min(self.pipeline.micro_batches, images.shape[0])
+            batches = micro_batches(images, targets, image_restored, count)
             return pipeline_stage_step(self.local_modules, self.pipeline.link, batches, backward)
         schedule = SCHEDULE_FUNCTIONS[self.spec.schedule]
         return schedule(self.local_modules, images, targets, image_restored, backward)

@@ -103,15 +103,23 @@ def module_costs(
     for run in range(repeats + 1):
         x = batch.inputs
         for i, mod in enumerate(modules):
+            _synchronize(x)
             start = time.perf_counter()
             a, pending, _ = run_modules(
                 [mod], x, batch.targets, batch.image, backward, _Totals(), input_is_images=i == 0
             )
             _finish(pending, backward)
+            _synchronize(x)
             if run:
                 costs[i].append(time.perf_counter() - start)
             x = a.detach()
     return [sorted(c)[len(c) // 2] for c in costs]
+
+
+def _synchronize(x: Tensor) -> None:
+    """Wait for the GPU's queued work (timing CUDA kernels from the host needs it)."""
+    if x.is_cuda:
+        torch.cuda.synchronize(x.device)
 
 
 def stage_bounds_from_sizes(sizes: Sequence[int], num_modules: int) -> list[tuple[int, int]]:
@@ -209,6 +217,12 @@ class WeightedBackward:
 
 
 # ----------------------------------------------------------------------------- messages
+def cascade_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a cascade gradient travels in: float32 for half-precision activations (the
+    schedule un-scales cotangents into float32, ``schedule._unscale``), else the activation's."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 @dataclass
 class StageLink:
     """A stage's place in its pipeline: global ranks of the stages before and after it (None at
@@ -225,6 +239,9 @@ class StageLink:
     #: broadcasts the logits from there, so every stage returns them (None: one stage).
     pipe_group: Any = None
     last_rank: int | None = None
+    #: a second group for the cascade gradients (None: ``group``): on NCCL each group is one
+    #: stream, so h no longer queues behind the next activation in the other direction.
+    h_group: Any = None
 
     def __post_init__(self) -> None:
         if (self.prev_rank is None) != (self.stage == 0):
@@ -266,17 +283,23 @@ class StageLink:
         self._wait([dist.P2POp(dist.irecv, tensor, self.prev_rank, self.group)])
         return tensor
 
+    @property
+    def _h_group(self) -> Any:
+        return self.h_group if self.h_group is not None else self.group
+
     def send_cascade(self, h: Tensor) -> list[Any]:
-        h = h.detach().contiguous()
-        return [*dist.batch_isend_irecv([dist.P2POp(dist.isend, h, self.prev_rank, self.group)]), h]
+        h = h.detach().to(cascade_dtype(h.dtype)).contiguous()
+        op = dist.P2POp(dist.isend, h, self.prev_rank, self._h_group)
+        return [*dist.batch_isend_irecv([op]), h]
 
     def post_recv_cascade(self, like: Tensor) -> tuple[list[Any], Tensor]:
         """Post the receive of the cascade gradient for ``like`` (the last module's output).
-        Returns the works to wait for and the buffer they fill (the output's dtype: h was
-        computed against exactly the activation that was sent)."""
-        buffer = torch.empty_like(like, memory_format=torch.contiguous_format)
-        works = dist.batch_isend_irecv([dist.P2POp(dist.irecv, buffer, self.next_rank, self.group)])
-        return works, buffer
+        Returns the works to wait for and the buffer they fill: the output's shape, in
+        :func:`cascade_dtype` (the schedule keeps un-scaled cotangents in float32 under
+        bf16/fp16, in one process and here alike)."""
+        buffer = torch.empty(like.shape, dtype=cascade_dtype(like.dtype), device=like.device)
+        op = dist.P2POp(dist.irecv, buffer, self.next_rank, self._h_group)
+        return dist.batch_isend_irecv([op]), buffer
 
     def broadcast_from_last(self, tensor: Tensor | None, device: torch.device) -> Tensor:
         """``tensor`` (given on the last stage) on every stage of the pipeline."""
@@ -364,7 +387,8 @@ def pipeline_stage_step(
     owes_h = link.prev_rank is not None and modules[0].sends_cascade
     device = batches[0].inputs.device
     results: list[StepOutput] = []
-    in_flight: list[Any] = []  # sends whose buffers must live until they complete
+    in_flight: list[Any] = []  # this micro-batch's sends, alive until they complete
+    older: deque[list[Any]] = deque()  # the sends of the micro-batches before
     waiting: deque[tuple[Any, list[Any], Tensor, Backward]] = deque()
 
     sent_h: list[bool] = []
@@ -383,7 +407,14 @@ def pipeline_stage_step(
         pending.cotangent = h if pending.cotangent is None else pending.cotangent + h
         _finish(pending, mb_backward)
 
+    def complete(sends: list[Any]) -> None:
+        for work in sends:
+            if hasattr(work, "wait"):
+                work.wait()
+
     for mb in batches:
+        if len(older) > 1:  # micro-batch m-2's messages: long received, free them
+            complete(older.popleft())
         mb_backward = WeightedBackward(backward, mb.weight)
         totals = _Totals()
         x = mb.inputs if link.prev_rank is None else link.recv_activation(device)
@@ -400,7 +431,7 @@ def pipeline_stage_step(
             on_output=send_output if link.next_rank is not None else None,
         )
         if owes_h and len(sent_h) == sent_before:  # no cascade loss reached x: h is zero
-            send_h(torch.zeros_like(x))
+            send_h(torch.zeros(x.shape, dtype=cascade_dtype(x.dtype), device=x.device))
         if link.receives_cascade:
             works, h = link.post_recv_cascade(a)
             waiting.append((pending, works, h, mb_backward))
@@ -409,9 +440,10 @@ def pipeline_stage_step(
         else:
             _finish(pending, mb_backward)
         results.append(totals.result())
+        older.append(in_flight)
+        in_flight = []
     while waiting:
         finish_oldest()
-    for work in in_flight:
-        if hasattr(work, "wait"):
-            work.wait()
+    while older:
+        complete(older.popleft())
     return _combine(results, [mb.weight for mb in batches])

@@ -96,12 +96,13 @@ def diff_to(module, ref) -> tuple[float, float, int]:
     return worst, len(mine)
 
 
-def run(method, stage, tmp, replicas, clip=None, balance="even"):
+def run(method, stage, tmp, replicas, clip=None, balance="even", **extra):
     rank = dist.get_rank()
     model = build_model(method)
     batches = make_batches(STEPS, replicas, PER_REPLICA)
     ref = reference(model, batches, replicas, clip)
     ds = dict(gradient_clipping=clip) if clip is not None else {}
+    ds.update(extra)
     wrapped, optim_wrapper, *_ = prepare(strategy(tmp, stage, balance, **ds), model)
     wrapped.train()
     replica = rank // STAGES
@@ -147,6 +148,9 @@ def main() -> None:
         results["dgl_hpff/zero1/clip"] = r
         *_, r = run("dgl_hpff", 2, tmp, replicas, balance="measured")
         results["dgl_hpff/zero2/measured"] = r
+        # bf16 activations cross the boundary; the cascade gradient h travels in float32
+        *_, r = run("dgl_hpff", 1, tmp, replicas, bf16=dict(enabled=True))
+        results["dgl_hpff/zero1/bf16"] = r
 
         # A checkpoint: one module-state file per stage; merged, it is the whole model.
         wrapped, optim_wrapper, ref, _ = run("dgl_hpff", 1, tmp, replicas)

@@ -164,7 +164,8 @@ class LocalDeepSpeedStrategy(DeepSpeedStrategy):
         if self.sync_bn:
             if not torch.cuda.is_available():
                 raise DeepSpeedConfigError("sync_bn needs GPUs: torch has no CPU SyncBatchNorm")
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            # over the ranks that hold the same layers (a pipeline stage's replicas)
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group=self._bn_group())
         mpu = self._deepspeed_mpu()
         if not hasattr(self, "optim_wrapper"):
             engine, *_ = deepspeed.initialize(model=model, config=self.config, mpu=mpu)

@@ -34,6 +34,11 @@ class PipelineGrid:
     rank: int
     dp_group: Any = field(default=None, repr=False)
     pipe_group: Any = field(default=None, repr=False)
+    #: the replica's stages again, two groups for the point-to-point messages: activations
+    #: forward on one, cascade gradients backward on the other (on NCCL each group is its own
+    #: stream, so neither direction queues behind the other)
+    act_group: Any = field(default=None, repr=False)
+    h_group: Any = field(default=None, repr=False)
 
     @classmethod
     def of_world(cls, stages: int, world_size: int, rank: int) -> PipelineGrid:
@@ -82,9 +87,9 @@ class PipelineGrid:
             if stage == self.stage:
                 self.dp_group = group
         for replica in range(self.replicas):
-            group = dist.new_group(self.pipe_ranks(replica))
+            groups = [dist.new_group(self.pipe_ranks(replica)) for _ in range(3)]
             if replica == self.replica:
-                self.pipe_group = group
+                self.pipe_group, self.act_group, self.h_group = groups
         return self
 
 

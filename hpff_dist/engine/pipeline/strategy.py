@@ -177,8 +177,10 @@ class LocalPipelineStrategy(LocalDeepSpeedStrategy):
             grid.prev_rank,
             grid.next_rank,
             receives_cascade=nxt is not None and nxt.sends_cascade,
+            group=grid.act_group,
             pipe_group=grid.pipe_group,
             last_rank=grid.last_rank,
+            h_group=grid.h_group,
         )
         learner.keep_modules(start, end)
         learner.pipeline = PipelineStage(link, self.pipeline["micro_batches"])
@@ -228,6 +230,8 @@ class LocalPipelineStrategy(LocalDeepSpeedStrategy):
         (the run's weights, statistics and gradients stay untouched)."""
         probe = copy.deepcopy(model.learner)
         probe.train()
+        if torch.cuda.is_available():  # time it where it will run
+            probe.cuda()
         size = probe.image_size
         if size is None:
             raise DeepSpeedConfigError(
@@ -236,11 +240,11 @@ class LocalPipelineStrategy(LocalDeepSpeedStrategy):
             )
         per_device = int((self.dispatch_kwargs or {}).get("train_micro_batch_size_per_gpu") or 2)
         n = max(2, per_device // self.pipeline["micro_batches"])
-        dtype = next(probe.parameters()).dtype
+        first = next(probe.parameters())
         g = torch.Generator().manual_seed(0)
-        images = torch.randn(n, probe.image_channels, *size, generator=g).to(dtype)
-        targets = torch.randint(0, probe.num_classes, (n,), generator=g)
-        image = torch.rand(n, probe.image_channels, *size, generator=g).to(dtype)
+        images = torch.randn(n, probe.image_channels, *size, generator=g).to(first)
+        targets = torch.randint(0, probe.num_classes, (n,), generator=g).to(first.device)
+        image = torch.rand(n, probe.image_channels, *size, generator=g).to(first)
         from hpff_dist.local.backward import PlainBackward
 
         costs = module_costs(
