@@ -217,6 +217,14 @@ class WeightedBackward:
 
 
 # ----------------------------------------------------------------------------- messages
+def complete_sends(sends: list[Any]) -> None:
+    """Wait for the works among ``sends`` (the ``send_*`` methods return their works followed
+    by the buffers that must stay alive until those complete)."""
+    for item in sends:
+        if hasattr(item, "wait"):
+            item.wait()
+
+
 def cascade_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype a cascade gradient travels in: float32 for half-precision activations (the
     schedule un-scales cotangents into float32, ``schedule._unscale``), else the activation's."""
@@ -275,11 +283,16 @@ class StageLink:
         )
         return [*works, header, tensor]  # keep the buffers alive until the sends complete
 
+    @staticmethod
+    def _empty_from_header(header: Tensor, device: torch.device) -> Tensor:
+        """A buffer of the dtype and shape a header (``_header``) describes."""
+        code, ndim, *dims = header.tolist()
+        return torch.empty(dims[:ndim], dtype=_DTYPES[code], device=device)
+
     def recv_activation(self, device: torch.device) -> Tensor:
         header = torch.empty(_HEADER_LEN, dtype=torch.int64, device=device)
         self._wait([dist.P2POp(dist.irecv, header, self.prev_rank, self.group)])
-        code, ndim, *dims = header.tolist()
-        tensor = torch.empty(dims[:ndim], dtype=_DTYPES[code], device=device)
+        tensor = self._empty_from_header(header, device)
         self._wait([dist.P2POp(dist.irecv, tensor, self.prev_rank, self.group)])
         return tensor
 
@@ -314,8 +327,7 @@ class StageLink:
         )
         dist.broadcast(header, self.last_rank, group=self.pipe_group)
         if not is_last:
-            code, ndim, *dims = header.tolist()
-            tensor = torch.empty(dims[:ndim], dtype=_DTYPES[code], device=device)
+            tensor = self._empty_from_header(header, device)
         tensor = tensor.contiguous()
         dist.broadcast(tensor, self.last_rank, group=self.pipe_group)
         return tensor
@@ -332,9 +344,7 @@ def pipeline_forward(
     for mod in modules:
         x = mod(x)
     if link.next_rank is not None:
-        for work in link.send_activation(x):
-            if hasattr(work, "wait"):
-                work.wait()
+        complete_sends(link.send_activation(x))
         return link.broadcast_from_last(None, inputs.device)
     return link.broadcast_from_last(head(x), inputs.device)
 
@@ -391,11 +401,8 @@ def pipeline_stage_step(
     older: deque[list[Any]] = deque()  # the sends of the micro-batches before
     waiting: deque[tuple[Any, list[Any], Tensor, Backward]] = deque()
 
-    sent_h: list[bool] = []
-
     def send_h(h: Tensor) -> None:  # the stage before waits for it: send at once
         in_flight.extend(link.send_cascade(h))
-        sent_h.append(True)
 
     def send_output(a: Tensor) -> None:  # the next stage can start before our heads run
         in_flight.extend(link.send_activation(a))
@@ -407,19 +414,13 @@ def pipeline_stage_step(
         pending.cotangent = h if pending.cotangent is None else pending.cotangent + h
         _finish(pending, mb_backward)
 
-    def complete(sends: list[Any]) -> None:
-        for work in sends:
-            if hasattr(work, "wait"):
-                work.wait()
-
     for mb in batches:
         if len(older) > 1:  # micro-batch m-2's messages: long received, free them
-            complete(older.popleft())
+            complete_sends(older.popleft())
         mb_backward = WeightedBackward(backward, mb.weight)
         totals = _Totals()
         x = mb.inputs if link.prev_rank is None else link.recv_activation(device)
-        sent_before = len(sent_h)
-        a, pending, _ = run_modules(
+        a, pending, h_first = run_modules(
             modules,
             x,
             mb.targets,
@@ -430,7 +431,7 @@ def pipeline_stage_step(
             on_h_first=send_h if owes_h else None,
             on_output=send_output if link.next_rank is not None else None,
         )
-        if owes_h and len(sent_h) == sent_before:  # no cascade loss reached x: h is zero
+        if owes_h and h_first is None:  # no cascade loss reached x: h is zero, still owed
             send_h(torch.zeros(x.shape, dtype=cascade_dtype(x.dtype), device=x.device))
         if link.receives_cascade:
             works, h = link.post_recv_cascade(a)
@@ -445,5 +446,5 @@ def pipeline_stage_step(
     while waiting:
         finish_oldest()
     while older:
-        complete(older.popleft())
+        complete_sends(older.popleft())
     return _combine(results, [mb.weight for mb in batches])

@@ -34,6 +34,7 @@ from hpff_dist.engine.deepspeed.policy import DeepSpeedConfigError
 from hpff_dist.engine.deepspeed.strategy import LocalDeepSpeedStrategy
 from hpff_dist.engine.pipeline.grid import DeepSpeedGrid, PipelineGrid
 from hpff_dist.engine.pipeline.wrappers import LocalPipelineEngineWrapper
+from hpff_dist.local.backward import PlainBackward
 from hpff_dist.local.levels import refuse_unknown_keys
 from hpff_dist.local.pipeline import (
     MicroBatch,
@@ -245,8 +246,6 @@ class LocalPipelineStrategy(LocalDeepSpeedStrategy):
         images = torch.randn(n, probe.image_channels, *size, generator=g).to(first)
         targets = torch.randint(0, probe.num_classes, (n,), generator=g).to(first.device)
         image = torch.rand(n, probe.image_channels, *size, generator=g).to(first)
-        from hpff_dist.local.backward import PlainBackward
-
         costs = module_costs(
             probe.local_modules, MicroBatch(images, targets, image, 1.0), PlainBackward()
         )
