@@ -34,8 +34,8 @@ class LocalPipelineEngineWrapper(LocalDeepSpeedEngineWrapper):
 
     **One step late.** The stages' values travel in an asynchronous all-gather over the
     replica's stages, started after each step and read after the next: a blocking merge would
-    make stage 0 wait at every step for the last stage to finish (a pipeline fill per step,
-    15-25 % of a step on this machine's 2 cores at M=4), while the pipeline otherwise lets
+    make stage 0 wait at every step for the last stage to finish (a pipeline fill per step:
+    16 % and 32 % of a step in two paired runs on this machine's 2 cores, M=4), while the pipeline otherwise lets
     stage 0 run ahead into the next batch. So the values logged at iteration t are those of
     iteration t-1 (the first iteration logs stage 0's own values only)."""
 
